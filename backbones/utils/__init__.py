@@ -1,0 +1,1 @@
+"""Infrastructure shared by the pretraining and detection stages (config, atomic files, checkpoints)."""
