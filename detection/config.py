@@ -1,0 +1,171 @@
+"""Detection config schema (the defaults are the schema: every valid key, its type) and value checks.
+
+Defaults follow the Faster R-CNN paper / py-faster-rcnn (see docs/DETECTION.md for sources): shorter side 600,
+longer <= 1000; anchors 128/256/512 x 0.5/1/2; RPN 256 anchors at 1:1, IoU 0.7/0.3, NMS 0.7, top-k 12000/2000
+(train) and 6000/300 (test); 128 RoIs per image, 25% foreground at IoU >= 0.5, background [0, 0.5); per-class NMS
+0.3 at test.
+"""
+from typing import Iterable, Optional
+
+from backbones.utils.config import Config, ConfigError, load_config
+
+DATASETS = ("voc07", "voc0712", "voc07++12", "coco", "coco_json", "digits")
+
+DEFAULTS = {
+    "seed": 0,
+    "device": "auto",
+    "model": {
+        "backbone": "resnet50",
+        # Any weights source of backbones.build_backbone (torchvision, timm, msra, a resdet checkpoint path), or null.
+        "weights": None,
+        "freeze_at": 2,
+        "norm": "frozen_bn",
+        "anchor_sizes": [128, 256, 512],
+        "aspect_ratios": [0.5, 1.0, 2.0],
+        "rpn": {
+            "fg_iou_thresh": 0.7,
+            "bg_iou_thresh": 0.3,
+            "batch_size_per_image": 256,
+            "positive_fraction": 0.5,
+            "pre_nms_top_n_train": 12000,
+            "post_nms_top_n_train": 2000,
+            "pre_nms_top_n_test": 6000,
+            "post_nms_top_n_test": 300,
+            "nms_thresh": 0.7,
+            "ignore_cross_boundary": True,
+            "boundary_tolerance": 0.0,
+        },
+        "roi_heads": {
+            "pooler": "align",
+            "pooler_resolution": 0,  # 0 = the backbone's (14 before res5, 7 before VGG fc6)
+            "sampling_ratio": 0,
+            "aligned": True,
+            "fg_iou_thresh": 0.5,
+            "bg_iou_thresh": 0.5,
+            "batch_size_per_image": 128,
+            "positive_fraction": 0.25,
+            "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0],
+            "score_thresh": 0.05,
+            "nms_thresh": 0.3,
+            "detections_per_img": 100,
+        },
+    },
+    "input": {
+        "min_size_train": [600],  # several values = multi-scale training (one drawn per image)
+        "max_size_train": 1000,
+        "min_size_test": 600,
+        "max_size_test": 1000,
+        "size_divisible": 32,
+        "hflip_prob": 0.5,
+    },
+    "data": {
+        "dataset": "digits",
+        "root": None,  # default: $RESDET_DATASETS or ./datasets
+        "train": [],  # split names; empty = the dataset's standard training splits
+        "test": "",  # split name; empty = the dataset's standard test split, "none" = no evaluation
+        "ann_file": "",  # coco_json: training annotations and image folder
+        "image_dir": "",
+        "test_ann_file": "",
+        "test_image_dir": "",
+        "on_error": "skip",
+        "filter_empty": True,
+        "use_difficult": False,
+        "aspect_ratio_grouping": True,
+        "num_workers": 2,
+        "max_image_pixels": 178956970,  # PIL's decompression-bomb limit
+        "digits": {"seed": 0, "num_train": 1000, "num_val": 200, "canvas": [96, 128], "digit_size": [12, 40],
+                   "per_image": [1, 4]},
+    },
+    "solver": {
+        "ims_per_batch": 1,  # global batch (all processes)
+        "base_lr": 0.001,
+        "reference_batch": 0,  # >0: base_lr is stated for this batch and scaled linearly to ims_per_batch
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "weight_decay_bias": 0.0,
+        "bias_lr_factor": 2.0,
+        "max_iter": 80000,
+        "steps": [60000],
+        "gamma": 0.1,
+        "warmup_iters": 0,
+        "warmup_factor": 0.001,
+        "clip_grad_norm": 0.0,
+        "amp": True,  # CUDA only
+        "nan_policy": "stop",
+        "checkpoint_period": 5000,
+        "keep_last": 3,
+        "log_period": 20,
+    },
+    "test": {"eval_period": 0, "ims_per_batch": 1, "max_images": 0},
+}
+
+
+def _check(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: expected {expected}")
+
+
+def validate(cfg: Config, world_size: int = 1) -> Config:
+    """Reject impossible values before any work starts; one error naming the key and what was expected."""
+    m, r, h, i, d, s, t = (cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.data, cfg.solver, cfg.test)
+    _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}")
+    _check(d.on_error in ("skip", "raise"), "data.on_error", d.on_error, "'skip' or 'raise'")
+    _check(h.pooler in ("align", "pool"), "model.roi_heads.pooler", h.pooler, "'align' or 'pool'")
+    _check(s.nan_policy in ("stop", "skip"), "solver.nan_policy", s.nan_policy, "'stop' or 'skip'")
+    _check(m.freeze_at is None or m.freeze_at >= 0, "model.freeze_at", m.freeze_at, "an integer >= 0")
+    _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")
+    _check(len(m.anchor_sizes) > 0 and all(v > 0 for v in m.anchor_sizes), "model.anchor_sizes", m.anchor_sizes,
+           "a non-empty list of positive sizes")
+    _check(len(m.aspect_ratios) > 0 and all(v > 0 for v in m.aspect_ratios), "model.aspect_ratios",
+           m.aspect_ratios, "a non-empty list of positive ratios")
+    for prefix, node in (("model.rpn", r), ("model.roi_heads", h)):
+        _check(0 < node.positive_fraction <= 1, f"{prefix}.positive_fraction", node.positive_fraction, "in (0, 1]")
+        _check(node.batch_size_per_image >= 1, f"{prefix}.batch_size_per_image", node.batch_size_per_image, ">= 1")
+        _check(0 <= node.bg_iou_thresh <= node.fg_iou_thresh <= 1, f"{prefix}.bg_iou_thresh",
+               node.bg_iou_thresh, f"0 <= bg_iou_thresh <= fg_iou_thresh ({node.fg_iou_thresh}) <= 1")
+    for key in ("pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_test"):
+        _check(r[key] >= 1, f"model.rpn.{key}", r[key], ">= 1")
+    _check(0 < r.nms_thresh <= 1, "model.rpn.nms_thresh", r.nms_thresh, "in (0, 1]")
+    _check(0 < h.nms_thresh <= 1, "model.roi_heads.nms_thresh", h.nms_thresh, "in (0, 1]")
+    _check(h.pooler_resolution >= 0, "model.roi_heads.pooler_resolution", h.pooler_resolution, ">= 0")
+    _check(len(h.bbox_reg_weights) == 4 and all(v > 0 for v in h.bbox_reg_weights), "model.roi_heads.bbox_reg_weights",
+           h.bbox_reg_weights, "4 positive numbers")
+    _check(len(i.min_size_train) > 0 and all(v >= 1 for v in i.min_size_train), "input.min_size_train",
+           i.min_size_train, "a non-empty list of sizes >= 1")
+    for key in ("max_size_train", "min_size_test", "max_size_test", "size_divisible"):
+        _check(i[key] >= 1, f"input.{key}", i[key], ">= 1")
+    _check(0 <= i.hflip_prob <= 1, "input.hflip_prob", i.hflip_prob, "in [0, 1]")
+    _check(s.base_lr > 0, "solver.base_lr", s.base_lr, "> 0")
+    _check(s.max_iter >= 1, "solver.max_iter", s.max_iter, ">= 1")
+    _check(list(s.steps) == sorted(s.steps) and all(0 < v <= s.max_iter for v in s.steps), "solver.steps",
+           s.steps, f"increasing iterations in (0, max_iter={s.max_iter}]")
+    _check(0 < s.gamma <= 1, "solver.gamma", s.gamma, "in (0, 1]")
+    _check(0 <= s.momentum < 1, "solver.momentum", s.momentum, "in [0, 1)")
+    _check(s.weight_decay >= 0 and s.weight_decay_bias >= 0, "solver.weight_decay", s.weight_decay, ">= 0")
+    _check(s.warmup_iters >= 0 and 0 < s.warmup_factor <= 1, "solver.warmup_factor", s.warmup_factor, "in (0, 1]")
+    _check(s.bias_lr_factor > 0, "solver.bias_lr_factor", s.bias_lr_factor, "> 0")
+    _check(s.checkpoint_period >= 1, "solver.checkpoint_period", s.checkpoint_period, ">= 1")
+    _check(s.keep_last >= 1, "solver.keep_last", s.keep_last, ">= 1")
+    _check(s.log_period >= 1, "solver.log_period", s.log_period, ">= 1")
+    _check(s.reference_batch >= 0, "solver.reference_batch", s.reference_batch, ">= 0")
+    _check(s.ims_per_batch >= 1 and s.ims_per_batch % world_size == 0, "solver.ims_per_batch", s.ims_per_batch,
+           f"a positive multiple of the world size ({world_size}); it is the global batch")
+    _check(t.ims_per_batch >= 1, "test.ims_per_batch", t.ims_per_batch, ">= 1")
+    _check(t.eval_period >= 0 and t.max_images >= 0, "test.eval_period", t.eval_period, ">= 0")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    _check(d.max_image_pixels >= 1, "data.max_image_pixels", d.max_image_pixels, ">= 1")
+    if d.dataset == "coco_json":
+        _check(bool(d.ann_file) and bool(d.image_dir), "data.ann_file", d.ann_file,
+               "coco_json needs data.ann_file and data.image_dir (--ann FILE --images DIR)")
+    g = d.digits
+    for key in ("canvas", "digit_size", "per_image"):
+        lo_hi = g[key]
+        _check(len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1], f"data.digits.{key}", lo_hi, "[low, high] with 1 <= low <= high")
+    _check(g.digit_size[1] <= g.canvas[0], "data.digits.digit_size", g.digit_size, "digits no larger than the canvas")
+    _check(g.num_train >= 1 and g.num_val >= 1, "data.digits.num_train", g.num_train, ">= 1")
+    return cfg
+
+
+def load_det_config(path: Optional[str] = None, overrides: Iterable[str] = (), world_size: int = 1) -> Config:
+    """Defaults ← YAML (``_base_`` chains) ← ``key=value`` overrides, then ``validate``."""
+    return validate(load_config(DEFAULTS, path, overrides), world_size)

@@ -1,0 +1,91 @@
+"""Faster R-CNN with the paper's C4 split, composed from torchvision's detection parts.
+
+trunk (conv1..res4, stride 16) → RPN on that map → RoIAlign/RoIPool (single level) → per-RoI head (res5 + global
+average pool for ResNets, fc6/fc7 for VGG-16) → class and box predictors.
+"""
+from typing import Optional
+
+import torch.nn as nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RPNHead
+
+from backbones.c4 import C4Backbone, build_c4
+from backbones.weights.meta import WeightsMeta
+
+from .pooler import SingleLevelRoIPooler
+from .rpn import BoundaryAwareRPN
+from .transform import PixelConventionTransform
+
+
+class FasterRCNNC4(GeneralizedRCNN):
+    """``GeneralizedRCNN`` whose ``backbone`` is the C4 trunk and whose ``roi_heads.box_head`` is the C4 head.
+
+    Attributes:
+        backbone_name, stride, weights_meta: what the detector was built from (saved with ``model_final.pth``).
+        num_classes: foreground classes; labels are 1..num_classes, 0 is background.
+    """
+
+    def __init__(self, c4: C4Backbone, num_classes: int, model_cfg, min_size: int = 600, max_size: int = 1000,
+                 size_divisible: int = 32, weights_meta: Optional[WeightsMeta] = None):
+        meta = weights_meta or c4.weights_meta
+        r, h = model_cfg.rpn, model_cfg.roi_heads
+        trunk = c4.trunk
+        trunk.out_channels = c4.out_channels  # torchvision's backbone contract
+        anchors = AnchorGenerator(sizes=(tuple(int(s) for s in model_cfg.anchor_sizes),),
+                                  aspect_ratios=(tuple(float(a) for a in model_cfg.aspect_ratios),))
+        rpn = BoundaryAwareRPN(
+            anchors,
+            RPNHead(c4.out_channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+            batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+            pre_nms_top_n={"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test},
+            post_nms_top_n={"training": r.post_nms_top_n_train, "testing": r.post_nms_top_n_test},
+            nms_thresh=r.nms_thresh,
+            ignore_cross_boundary=r.ignore_cross_boundary, boundary_tolerance=r.boundary_tolerance,
+        )
+        pooler = SingleLevelRoIPooler(h.pooler_resolution or c4.roi_size, c4.stride, h.pooler, h.sampling_ratio,
+                                      h.aligned)
+        predictor = FastRCNNPredictor(c4.head_channels, num_classes + 1)
+        _init_predictor(predictor)
+        roi_heads = RoIHeads(
+            pooler, c4.head, predictor,
+            h.fg_iou_thresh, h.bg_iou_thresh, h.batch_size_per_image, h.positive_fraction,
+            tuple(float(w) for w in h.bbox_reg_weights),
+            h.score_thresh, h.nms_thresh, h.detections_per_img,
+        )
+        transform = PixelConventionTransform(meta, [min_size], max_size, size_divisible, resize_in_training=False)
+        super().__init__(trunk, rpn, roi_heads, transform)
+        self.backbone_name = c4.name
+        self.stride = c4.stride
+        self.freeze_at = c4.freeze_at
+        self.weights_meta = meta
+        self.num_classes = num_classes
+
+
+def _init_predictor(predictor: FastRCNNPredictor) -> None:
+    # Fast R-CNN: classifier N(0, 0.01), box regressor N(0, 0.001), zero biases.
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+
+
+def build_detector(cfg, num_classes: int, weights: Optional[str] = "config",
+                   weights_meta: Optional[WeightsMeta] = None) -> FasterRCNNC4:
+    """Build the C4 Faster R-CNN described by ``cfg`` (``cfg.model`` and ``cfg.input``).
+
+    Args:
+        num_classes: foreground classes (labels 1..num_classes).
+        weights: backbone weights source; "config" takes ``cfg.model.weights``; None = random init.
+        weights_meta: pixel convention to use instead of the one of ``weights`` (when loading a trained detector).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    m = cfg.model
+    source = m.weights if weights == "config" else weights
+    c4 = build_c4(m.backbone, weights=source, freeze_at=m.freeze_at, norm=m.norm)
+    i = cfg.input
+    return FasterRCNNC4(c4, num_classes, m, i.min_size_test, i.max_size_test, i.size_divisible, weights_meta)
