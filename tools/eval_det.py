@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Score detections: a model checkpoint on a dataset, or existing results files without a model.
+
+  # COCO results JSON ([{image_id, category_id, bbox: [x, y, w, h], score}]) against COCO ground truth
+  python tools/eval_det.py --results dets.json --gt annotations/instances_val2017.json --output-dir OUT
+  # PASCAL VOC devkit files (comp4_det_test_<class>.txt) against VOCdevkit/VOC2007 Annotations + ImageSets
+  python tools/eval_det.py --results RUN/eval/voc_results --voc-root VOCdevkit/VOC2007 --split test --output-dir OUT
+  # a trained model (implemented by detection.engine.evaluate.evaluate_checkpoint)
+  python tools/eval_det.py --weights RUN/final.pth --dataset voc07 --output-dir OUT
+
+Writes OUT/eval/metrics.json and OUT/eval/pr_curves.json, prints the summary, and renders OUT/report/ (unless
+--no-report). See docs/EVALUATION.md.
+"""
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detection.evaluation.coco import check_results, score_coco_results  # noqa: E402
+from detection.evaluation.outputs import format_metrics, write_metrics_sections  # noqa: E402
+from detection.evaluation.voc import score_voc  # noqa: E402
+from detection.evaluation.voc_files import comp4_path, load_voc_ground_truth, read_comp4  # noqa: E402
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     add_help=add_help)
+    scoring = parser.add_argument_group("score existing results (no model)")
+    scoring.add_argument("--results", help="COCO results JSON file, or a folder of devkit comp4_det_<split>_<class>.txt")
+    scoring.add_argument("--gt", help="COCO ground-truth JSON (with --results FILE)")
+    scoring.add_argument("--voc-root", help="VOCdevkit/VOC<year> folder (with --results DIR)")
+    scoring.add_argument("--split", default="test", help="VOC image set, ImageSets/Main/<split>.txt (default: test)")
+    scoring.add_argument("--classes", help="comma-separated VOC class names (default: the 20 PASCAL VOC classes)")
+    scoring.add_argument("--slow", action="store_true", help="COCO: score with pycocotools itself (same numbers)")
+    model = parser.add_argument_group("evaluate a model")
+    model.add_argument("--weights", help="detection checkpoint to evaluate")
+    model.add_argument("--dataset", help="dataset name as in tools/train_det.py (voc07, coco, coco_json, digits, ...)")
+    model.add_argument("--data-root", help="datasets folder (default: $RESDET_DATASETS or ./datasets)")
+    model.add_argument("--ann", help="coco_json: annotation file")
+    model.add_argument("--images", help="coco_json: image folder")
+    model.add_argument("--config", help="config file overriding the checkpoint's")
+    parser.add_argument("--output-dir", default="runs/eval_det",
+                        help="writes OUTPUT_DIR/eval/{metrics,pr_curves}.json and OUTPUT_DIR/report/ "
+                             "(default: runs/eval_det)")
+    parser.add_argument("--no-report", action="store_true", help="skip rendering OUTPUT_DIR/report/")
+    parser.add_argument("overrides", nargs="*", help="model mode: config overrides key=value")
+    return parser
+
+
+def score_coco_file(results_file: Path, gt_file: Path, use_fast: bool):
+    from pycocotools.coco import COCO
+
+    if not gt_file.is_file():
+        raise FileNotFoundError(f"--gt {gt_file}: file not found")
+    try:
+        results = json.loads(results_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{results_file}: not valid JSON ({e})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"{results_file}: expected a JSON list of {{image_id, category_id, bbox, score}}, "
+                         f"got {type(results).__name__}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_file))
+    check_results(coco_gt, results, source=str(results_file))
+    section, curves = score_coco_results(coco_gt, results, use_fast=use_fast)
+    return {"bbox": section}, {"bbox": curves}
+
+
+def score_voc_folder(results_dir: Path, voc_root: Path, split: str, class_names):
+    gt, image_names = load_voc_ground_truth(voc_root, split, class_names)
+    name_to_id = {name: i for i, name in image_names.items()}
+    missing = [str(comp4_path(results_dir, split, c)) for c in class_names
+               if not comp4_path(results_dir, split, c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"devkit results missing for {len(missing)} class(es): {', '.join(missing[:3])}"
+                                f"{' ...' if len(missing) > 3 else ''} (write an empty file for a class without "
+                                f"detections)")
+    detections = [read_comp4(comp4_path(results_dir, split, c), name_to_id) for c in class_names]
+    section, curves = score_voc(class_names, gt, detections, sorted(gt))
+    return {"voc": section}, {"voc": curves}
+
+
+def run_model_mode(args) -> None:
+    try:
+        from detection.engine.evaluate import evaluate_checkpoint
+    except ModuleNotFoundError as e:
+        if e.name not in ("detection.engine", "detection.engine.evaluate"):
+            raise
+        raise SystemExit("error: --weights mode needs detection.engine.evaluate.evaluate_checkpoint, which is not "
+                         "available yet; score saved detections with --results instead") from None
+    dataset_args = {"dataset": args.dataset, "data_root": args.data_root, "ann": args.ann, "images": args.images,
+                    "split": args.split, "config": args.config, "overrides": list(args.overrides)}
+    evaluate_checkpoint(args.weights, dataset_args, args.output_dir)
+
+
+def main(args) -> int:
+    out = Path(args.output_dir)
+    if args.weights:
+        if args.results:
+            raise SystemExit("error: give either --weights (evaluate a model) or --results (score files), not both")
+        if not args.dataset:
+            raise SystemExit("error: --weights needs --dataset")
+        run_model_mode(args)
+        metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    elif args.results:
+        results = Path(args.results)
+        if results.is_dir():
+            if not args.voc_root:
+                raise SystemExit("error: --results DIR (devkit files) needs --voc-root VOCdevkit/VOC<year>")
+            if args.classes:
+                class_names = [c.strip() for c in args.classes.split(",") if c.strip()]
+            else:
+                from detection.data.voc import VOC_CLASSES
+                class_names = list(VOC_CLASSES)
+            metrics, curves = score_voc_folder(results, Path(args.voc_root), args.split, class_names)
+            source = {"results": str(results), "voc_root": str(args.voc_root), "split": args.split}
+        elif results.is_file():
+            if not args.gt:
+                raise SystemExit("error: --results FILE (COCO results JSON) needs --gt instances.json")
+            metrics, curves = score_coco_file(results, Path(args.gt), use_fast=not args.slow)
+            source = {"results": str(results), "gt": str(args.gt)}
+        else:
+            raise SystemExit(f"error: --results {results}: no such file or folder")
+        metrics = write_metrics_sections(out / "eval", metrics, curves, meta={"scored": source})
+    else:
+        raise SystemExit("error: nothing to do; give --results (with --gt or --voc-root) or --weights with --dataset")
+    print(format_metrics(metrics))
+    print(f"wrote {out / 'eval' / 'metrics.json'}")
+    if not args.no_report:
+        from detection.reports import build_report
+
+        md, html = build_report([out], out / "report")
+        print(f"wrote {md} and {html}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(get_args_parser().parse_args()))
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
