@@ -155,8 +155,9 @@ def test_comp4_files_round_trip_through_eval_det(tmp_path):
     out = tmp_path / "rescored"
     tool = runpy.run_path(str(REPO / "tools" / "eval_det.py"))
     argv = ["--results", str(results_dir), "--voc-root", str(voc_root), "--split", "test", "--classes",
-            ",".join(CLASSES), "--output-dir", str(out), "--no-report"]
+            ",".join(CLASSES), "--output-dir", str(out)]
     assert tool["main"](tool["get_args_parser"]().parse_args(argv)) == 0
+    assert "mAP (VOC07 11-point)" in (out / "report" / "report.md").read_text()
     rescored = json.loads((out / "eval" / "metrics.json").read_text())["voc"]
     for key in ("mAP_07", "mAP_area", "per_class_07", "per_class_area", "num_positives"):
         assert rescored[key] == voc[key], key

@@ -5,8 +5,9 @@
   python tools/eval_det.py --results dets.json --gt annotations/instances_val2017.json --output-dir OUT
   # PASCAL VOC devkit files (comp4_det_test_<class>.txt) against VOCdevkit/VOC2007 Annotations + ImageSets
   python tools/eval_det.py --results RUN/eval/voc_results --voc-root VOCdevkit/VOC2007 --split test --output-dir OUT
-  # a trained model (implemented by detection.engine.evaluate.evaluate_checkpoint)
-  python tools/eval_det.py --weights RUN/final.pth --dataset voc07 --output-dir OUT
+  # a trained model (detection.engine.evaluate.evaluate_checkpoint), on its own test split or another one
+  python tools/eval_det.py --weights RUN/model_final.pth --output-dir OUT
+  python tools/eval_det.py --weights RUN/model_final.pth --dataset coco_json --ann val.json --images val/ -o OUT
 
 Writes OUT/eval/metrics.json and OUT/eval/pr_curves.json, prints the summary, and renders OUT/report/ (unless
 --no-report). See docs/EVALUATION.md.
@@ -33,17 +34,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     scoring.add_argument("--results", help="COCO results JSON file, or a folder of devkit comp4_det_<split>_<class>.txt")
     scoring.add_argument("--gt", help="COCO ground-truth JSON (with --results FILE)")
     scoring.add_argument("--voc-root", help="VOCdevkit/VOC<year> folder (with --results DIR)")
-    scoring.add_argument("--split", default="test", help="VOC image set, ImageSets/Main/<split>.txt (default: test)")
+    scoring.add_argument("--split", help="VOC image set, ImageSets/Main/<split>.txt (default: test); model mode: "
+                                         "the test split name (default: the dataset's standard test split)")
     scoring.add_argument("--classes", help="comma-separated VOC class names (default: the 20 PASCAL VOC classes)")
     scoring.add_argument("--slow", action="store_true", help="COCO: score with pycocotools itself (same numbers)")
     model = parser.add_argument_group("evaluate a model")
-    model.add_argument("--weights", help="detection checkpoint to evaluate")
-    model.add_argument("--dataset", help="dataset name as in tools/train_det.py (voc07, coco, coco_json, digits, ...)")
+    model.add_argument("--weights", help="detector file to evaluate (RUN/model_final.pth or a training checkpoint)")
+    model.add_argument("--dataset", help="dataset as in tools/train_det.py (voc07, coco, coco_json, digits, ...); "
+                                         "default: the one the model was trained on")
     model.add_argument("--data-root", help="datasets folder (default: $RESDET_DATASETS or ./datasets)")
-    model.add_argument("--ann", help="coco_json: annotation file")
-    model.add_argument("--images", help="coco_json: image folder")
-    model.add_argument("--config", help="config file overriding the checkpoint's")
-    parser.add_argument("--output-dir", default="runs/eval_det",
+    model.add_argument("--ann", help="coco_json: test annotation file")
+    model.add_argument("--images", help="coco_json: test image folder")
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("-o", "--output-dir", default="runs/eval_det",
                         help="writes OUTPUT_DIR/eval/{metrics,pr_curves}.json and OUTPUT_DIR/report/ "
                              "(default: runs/eval_det)")
     parser.add_argument("--no-report", action="store_true", help="skip rendering OUTPUT_DIR/report/")
@@ -92,9 +95,12 @@ def run_model_mode(args) -> None:
             raise
         raise SystemExit("error: --weights mode needs detection.engine.evaluate.evaluate_checkpoint, which is not "
                          "available yet; score saved detections with --results instead") from None
-    dataset_args = {"dataset": args.dataset, "data_root": args.data_root, "ann": args.ann, "images": args.images,
-                    "split": args.split, "config": args.config, "overrides": list(args.overrides)}
-    evaluate_checkpoint(args.weights, dataset_args, args.output_dir)
+    # data.* config keys of the stored config that this evaluation changes
+    given = {"dataset": args.dataset, "root": args.data_root, "test": args.split, "test_ann_file": args.ann,
+             "test_image_dir": args.images}
+    dataset_args = {k: v for k, v in given.items() if v is not None}
+    evaluate_checkpoint(args.weights, dataset_args, Path(args.output_dir) / "eval", device=args.device,
+                        overrides=list(args.overrides))
 
 
 def main(args) -> int:
@@ -102,9 +108,11 @@ def main(args) -> int:
     if args.weights:
         if args.results:
             raise SystemExit("error: give either --weights (evaluate a model) or --results (score files), not both")
-        if not args.dataset:
-            raise SystemExit("error: --weights needs --dataset")
         run_model_mode(args)
+        from backbones.utils.dist import is_main_process
+
+        if not is_main_process():  # under torchrun rank 0 reports
+            return 0
         metrics = json.loads((out / "eval" / "metrics.json").read_text())
     elif args.results:
         results = Path(args.results)
@@ -116,8 +124,9 @@ def main(args) -> int:
             else:
                 from detection.data.voc import VOC_CLASSES
                 class_names = list(VOC_CLASSES)
-            metrics, curves = score_voc_folder(results, Path(args.voc_root), args.split, class_names)
-            source = {"results": str(results), "voc_root": str(args.voc_root), "split": args.split}
+            split = args.split or "test"
+            metrics, curves = score_voc_folder(results, Path(args.voc_root), split, class_names)
+            source = {"results": str(results), "voc_root": str(args.voc_root), "split": split}
         elif results.is_file():
             if not args.gt:
                 raise SystemExit("error: --results FILE (COCO results JSON) needs --gt instances.json")
@@ -127,7 +136,7 @@ def main(args) -> int:
             raise SystemExit(f"error: --results {results}: no such file or folder")
         metrics = write_metrics_sections(out / "eval", metrics, curves, meta={"scored": source})
     else:
-        raise SystemExit("error: nothing to do; give --results (with --gt or --voc-root) or --weights with --dataset")
+        raise SystemExit("error: nothing to do; give --results (with --gt or --voc-root) or --weights")
     print(format_metrics(metrics))
     print(f"wrote {out / 'eval' / 'metrics.json'}")
     if not args.no_report:
@@ -141,6 +150,6 @@ def main(args) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(get_args_parser().parse_args()))
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from backbones.utils.dist import all_gather_objects, is_main_process
 
 
 class DatasetEvaluator(ABC):
@@ -91,22 +92,13 @@ def _as_array(value, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def gather_predictions(local: List[tuple]) -> List[tuple]:
     """All predictions from every rank, one entry per image id, ordered by image id.
 
     A distributed sampler may pad its last batch by repeating images; those repeats are dropped (first one kept) so
     every image counts once, and ordering by id makes the result independent of the world size.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        per_rank: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, local)
-        merged = [p for rank_preds in per_rank for p in rank_preds]
-    else:
-        merged = list(local)
+    merged = [p for rank_preds in all_gather_objects(local) for p in rank_preds]
     unique: Dict[int, tuple] = {}
     for pred in merged:
         unique.setdefault(pred[0], pred)

@@ -51,24 +51,25 @@ def write_metrics_sections(eval_dir, metrics: Dict[str, dict], pr_curves: Dict[s
     """Like ``write_eval_outputs`` for sections computed without an evaluator object (scoring a results file)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    merged = _read_json(eval_dir / METRICS_FILE)
+    merged = read_json_object(eval_dir / METRICS_FILE)
     merged.update(metrics)
     if meta is not None:
         merged["meta"] = dict(meta)
-    curves = _read_json(eval_dir / PR_CURVES_FILE)
+    curves = read_json_object(eval_dir / PR_CURVES_FILE)
     curves.update(pr_curves)
     atomic_write_json(eval_dir / PR_CURVES_FILE, curves)
     atomic_write_json(eval_dir / METRICS_FILE, merged)
     return merged
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; {} when the file does not exist; a clear error when it is malformed."""
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete it or choose another output folder") from None
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
