@@ -137,3 +137,12 @@ def load_config(defaults: Dict[str, Any], path: Optional[str] = None, overrides:
                 node, schema = node[part], schema[part]
         node[parts[-1]] = _check_type(key, schema[parts[-1]], value, " (command-line override)")
     return _wrap(cfg)
+
+
+def config_from_dict(defaults: Dict[str, Any], data: Dict[str, Any], where: str) -> Config:
+    """Defaults ← ``data`` (a mapping read from somewhere else, e.g. one entry of a list); ``where`` names it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    cfg = copy.deepcopy(defaults)
+    _merge(cfg, data, defaults, defaults, "", f" in {where}")
+    return _wrap(cfg)
