@@ -31,13 +31,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      add_help=add_help)
     scoring = parser.add_argument_group("score existing results (no model)")
-    scoring.add_argument("--results", help="COCO results JSON file, or a folder of devkit comp4_det_<split>_<class>.txt")
+    scoring.add_argument("--results",
+                         help="COCO results JSON file, or a folder of devkit comp4_det_<split>_<class>.txt files")
     scoring.add_argument("--gt", help="COCO ground-truth JSON (with --results FILE)")
     scoring.add_argument("--voc-root", help="VOCdevkit/VOC<year> folder (with --results DIR)")
     scoring.add_argument("--split", help="VOC image set, ImageSets/Main/<split>.txt (default: test); model mode: "
                                          "the test split name (default: the dataset's standard test split)")
     scoring.add_argument("--classes", help="comma-separated VOC class names (default: the 20 PASCAL VOC classes)")
-    scoring.add_argument("--slow", action="store_true", help="COCO: score with pycocotools itself (same numbers)")
+    scoring.add_argument("--pycocotools", action="store_true",
+                         help="COCO: score with pycocotools itself (same numbers, slower)")
     model = parser.add_argument_group("evaluate a model")
     model.add_argument("--weights", help="detector file to evaluate (RUN/model_final.pth or a training checkpoint)")
     model.add_argument("--dataset", help="dataset as in tools/train_det.py (voc07, coco, coco_json, digits, ...); "
@@ -99,8 +101,13 @@ def run_model_mode(args) -> None:
     given = {"dataset": args.dataset, "root": args.data_root, "test": args.split, "test_ann_file": args.ann,
              "test_image_dir": args.images}
     dataset_args = {k: v for k, v in given.items() if v is not None}
-    evaluate_checkpoint(args.weights, dataset_args, Path(args.output_dir) / "eval", device=args.device,
-                        overrides=list(args.overrides))
+    eval_dir = Path(args.output_dir) / "eval"
+    evaluate_checkpoint(args.weights, dataset_args, eval_dir, device=args.device, overrides=list(args.overrides))
+    from backbones.utils.dist import is_main_process
+
+    if is_main_process():  # provenance for the report
+        write_metrics_sections(eval_dir, {}, {}, meta={"weights": str(args.weights), **dataset_args,
+                                                       "overrides": list(args.overrides)})
 
 
 def main(args) -> int:
@@ -111,7 +118,7 @@ def main(args) -> int:
         run_model_mode(args)
         from backbones.utils.dist import is_main_process
 
-        if not is_main_process():  # under torchrun rank 0 reports
+        if not is_main_process():  # under torchrun, rank 0 reports
             return 0
         metrics = json.loads((out / "eval" / "metrics.json").read_text())
     elif args.results:
@@ -130,7 +137,7 @@ def main(args) -> int:
         elif results.is_file():
             if not args.gt:
                 raise SystemExit("error: --results FILE (COCO results JSON) needs --gt instances.json")
-            metrics, curves = score_coco_file(results, Path(args.gt), use_fast=not args.slow)
+            metrics, curves = score_coco_file(results, Path(args.gt), use_fast=not args.pycocotools)
             source = {"results": str(results), "gt": str(args.gt)}
         else:
             raise SystemExit(f"error: --results {results}: no such file or folder")

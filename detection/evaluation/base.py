@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from backbones.utils.dist import all_gather_objects, is_main_process
+from backbones.utils.dist import all_gather_objects
 
 
 class DatasetEvaluator(ABC):

@@ -8,7 +8,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .base import DatasetEvaluator, gather_predictions, is_main_process
+from backbones.utils.dist import is_main_process
+
+from .base import DatasetEvaluator, gather_predictions
 from .pr_curves import section_from_coco_precision
 
 # COCOeval.summarize() order; APs/APm/APl use areas < 32², 32²..96², > 96² (maxDets 100).
@@ -73,7 +75,8 @@ def check_results(coco_gt, results: List[dict], source: str = "results") -> None
     for i, r in enumerate(results):
         where = f"{source}[{i}]"
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: expected an object with image_id/category_id/bbox/score, got {type(r).__name__}")
+            raise ValueError(f"{where}: expected an object with image_id/category_id/bbox/score, "
+                             f"got {type(r).__name__}")
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}; COCO results need image_id, category_id, bbox, score")

@@ -45,7 +45,8 @@ class FastCocoEval:
         self.gt_crowd = np.asarray([bool(int(a.get("iscrowd", 0))) for a in anns], dtype=bool)
         self.gt_id = np.asarray([a["id"] for a in anns], dtype=np.int64)
 
-    def run(self, results: List[dict], img_ids: Optional[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+    def run(self, results: List[dict],
+            img_ids: Optional[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray, list, np.ndarray]:
         """Returns (12 stats, precision [T,R,K,A,M], category ids in K order, IoU thresholds), as COCOeval would."""
         p = self.params
         images = np.unique(np.asarray(img_ids, dtype=np.int64)) if img_ids is not None else self.image_ids

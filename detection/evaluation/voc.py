@@ -16,7 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import DatasetEvaluator, gather_predictions, is_main_process
+from backbones.utils.dist import is_main_process
+
+from .base import DatasetEvaluator, gather_predictions
 from .pr_curves import interpolate_precision, make_section
 from .voc_files import comp4_path, format_comp4_lines
 

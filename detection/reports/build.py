@@ -12,7 +12,8 @@ from .paper import PAPER_BENCHMARKS, PAPER_CITATION, metric_value
 from .run_data import RunData, load_run
 from .sample_grid import plot_sample_grid
 
-SECTION_TITLES = {"bbox": "COCO-style AP (IoU .5)", "voc": "PASCAL VOC (devkit)"}
+SECTION_TITLES = {"bbox": "COCO-style", "voc": "PASCAL VOC devkit"}
+PANEL_AP = {"bbox": "AP50", "voc": "VOC07 11-point AP"}
 STUDY_METRICS = (
     (("voc", "mAP_07"), "VOC mAP (07 11-pt)"),
     (("voc", "mAP_area"), "VOC mAP (area)"),
@@ -112,7 +113,7 @@ def run_blocks(run: RunData, out_dir: Path, prefix: str, level: int, score_thres
                                                    out_dir / f"{prefix}_pr_{section}_per_class.png",
                                                    f"{run.name}: {SECTION_TITLES.get(section, section)} per class"),
                                  f"Precision-recall per class at IoU 0.5 ({SECTION_TITLES.get(section, section)}; "
-                                 f"AP in the panel titles)"))
+                                 f"{PANEL_AP.get(section, 'AP')} in the panel titles)"))
     if run.train_log or run.eval_log:
         blocks.append(Figure(plot_training(run.train_log, run.eval_log, out_dir / f"{prefix}_training.png",
                                            f"{run.name}: training"), "Training loss terms, learning rate, evaluation"))
