@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Convert classifier weights between torchvision, timm, detectron2, MSRA caffe2 and resdet files.
+
+    python tools/convert_weights.py R-50.pkl r50_msra.pth --from msra --to resdet --arch resnet50
+    python tools/convert_weights.py r50_msra.pth r50.pkl --from resdet --to detectron2 --arch resnet50
+    python tools/convert_weights.py IMAGENET1K_V2 r50_tv.safetensors --from torchvision --to safetensors --arch resnet50
+
+SRC is a file, or for --from torchvision/timm a weights tag resolved through the hub caches (see docs/WEIGHTS.md).
+The weights are loaded into the resdet model first, so every key and shape is checked, and the pixel convention
+travels into the output.
+"""
+import argparse
+import os
+import pickle
+import sys
+
+from backbones.registry import build_backbone, list_backbones
+from backbones.weights.detectron2_format import detectron2_config
+from backbones.weights.export import EXPORT_FORMATS, export_weights
+from backbones.weights.sources import KINDS
+
+
+def source_string(kind: str, src: str, arch: str) -> str:
+    """The ``weights=`` string for SRC given with ``--from kind``."""
+    if kind in ("torchvision", "timm"):
+        if os.path.isfile(src):
+            # A bare file: torchvision's DEFAULT / timm's default tag supply the metadata.
+            return f"torchvision={src}" if kind == "torchvision" else f"timm:{arch}={src}"
+        return f"{kind}:{src}"
+    return f"{kind}:{src}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="input file, or a torchvision/timm weights tag")
+    parser.add_argument("dst", help="output file (.pkl for detectron2, .safetensors for safetensors)")
+    parser.add_argument("--from", dest="src_format", required=True, choices=KINDS)
+    parser.add_argument("--to", dest="dst_format", required=True, choices=EXPORT_FORMATS)
+    parser.add_argument("--arch", required=True, choices=list_backbones(), metavar="NAME",
+                        help="registered backbone name, e.g. resnet50")
+    args = parser.parse_args(argv)
+
+    weights = source_string(args.src_format, args.src, args.arch)
+    try:
+        model = build_backbone(args.arch, weights=weights)
+        path = export_weights(model, args.dst, args.dst_format)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        print(f"convert_weights: error: {e}", file=sys.stderr)
+        return 1
+    meta = model.weights_meta
+    print(f"wrote {path} ({args.dst_format}) from {meta.source}: {meta.pixel_format}, input x{meta.input_scale:g}, "
+          f"mean {list(meta.mean)}, std {list(meta.std)}, stride_in_1x1={meta.stride_in_1x1}, norm={meta.norm}")
+    if args.dst_format == "detectron2":
+        settings = " ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}"
+                            for k, v in detectron2_config(meta).items())
+        print(f"detectron2 config for these weights: {settings}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
