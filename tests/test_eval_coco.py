@@ -188,6 +188,13 @@ def test_fast_path_matching_edge_cases_bitwise():
             x, y, w, h = rng.choice(grid), rng.choice(grid), rng.choice([0, 10, 20, 100]), rng.choice([10, 20, 100])
             dets.append({"image_id": i, "category_id": rng.choice([1, 2]), "bbox": [x, y, w, h],
                          "score": rng.choice([0.2, 0.5, 0.9])})
+    # Two ground truths tie for the first detection (IoU 90/110 each); COCOeval gives it the later one, so the
+    # second detection, which reaches IoU >= .55 only with that one, is a false positive from .55 up.
+    images.append({"id": 99, "width": 50, "height": 50})
+    anns += [{"id": 500, "image_id": 99, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+             {"id": 501, "image_id": 99, "category_id": 1, "bbox": [2, 0, 10, 10], "area": 100, "iscrowd": 0}]
+    dets += [{"image_id": 99, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.95},
+             {"image_id": 99, "category_id": 1, "bbox": [3, 0, 10, 10], "score": 0.94}]
     coco_gt, ref = reference_in_memory({"images": images, "annotations": anns,
                                         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, dets)
     stats, precision, _, _ = FastCocoEval(coco_gt).run(dets, None)

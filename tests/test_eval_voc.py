@@ -101,6 +101,21 @@ def test_score_tie_keeps_input_order():
     assert voc["per_class_area"]["horse"] == pytest.approx(100.0)
 
 
+def test_many_equal_scores_keep_input_order():
+    """31 detections, scores 0.7 and 0.5 interleaved (more than numpy's small-array insertion sort covers): the true
+    positive, 6th of the 16 detections at 0.5, must rank 15 + 6 = 21st, as MATLAB's stable sort ranks it."""
+    gt = {1: [{"label": 4, "bbox": [0, 0, 20, 20], "difficult": False}]}
+    boxes = [[100.0 + i, 100.0, 120.0 + i, 120.0] for i in range(30)]
+    scores = [0.7 if i % 2 else 0.5 for i in range(30)]
+    boxes.insert(10, [0.0, 0.0, 20.0, 20.0])
+    scores.insert(10, 0.5)
+    ev = VOCEvaluator(CLASSES, gt)
+    ev.process([1], [{"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.full((31,), 4)}])
+    voc = ev.evaluate()["voc"]
+    assert voc["per_class_07"]["cow"] == pytest.approx(100 / 21)
+    assert voc["per_class_area"]["cow"] == pytest.approx(100 / 21)
+
+
 def test_11_point_thresholds_are_matlab_colon():
     t = devkit_thresholds_11()
     assert t[3] == 0.1 * 3 and t[3] > 0.3  # 0.30000000000000004
