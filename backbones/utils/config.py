@@ -5,10 +5,15 @@ The defaults dict *is* the schema: every valid key appears there, and its defaul
 """
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
+
+
+# YAML 1.1 (PyYAML) reads exponent floats without a dot ("1e-4") as strings; a float key accepts them as numbers.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -61,6 +66,8 @@ def _check_type(key: str, default: Any, value: Any, where: str) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, (list, tuple)):
