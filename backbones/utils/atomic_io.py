@@ -19,6 +19,8 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give the result the permissions a plain open() would (0666 minus umask).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -31,6 +33,16 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be queried by setting it, which is racy once threads exist.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

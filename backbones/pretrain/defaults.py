@@ -1,0 +1,203 @@
+"""The pretraining config schema (every key, its type and default) and the checks run before any work starts.
+
+Conventions: ``solver.batch_size`` is the **global** batch (split evenly over processes); ``solver.base_lr`` is the
+rate at ``solver.reference_batch`` and is scaled linearly with the global batch (lr = base_lr · batch_size /
+reference_batch). Iterations count optimiser steps of one global batch.
+"""
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..norm import NORMS
+from ..registry import get_spec, list_backbones
+from ..utils.config import Config, ConfigError
+from ..weights.meta import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from .datasets import DATASETS
+from .schedule import POLICIES, WARMUP_METHODS
+
+PROTOCOLS = ("single", "1crop", "10crop", "multiscale")
+AMP_MODES = ("none", "bf16", "fp16")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+
+PRETRAIN_DEFAULTS = {
+    "model": {
+        "arch": "",                   # registered backbone name (``--arch`` sets it)
+        "shortcut": None,             # "A" / "B" / "C"; None = the registry's default for the arch
+        "stride_in_1x1": None,        # bottleneck stride placement; None = registry default (paper: True)
+        "norm": "bn",                 # bn (per-process statistics, like the paper's 8 GPUs) | sync_bn (GPU only) |
+                                      # frozen_bn (no batch statistics; for exact DDP-equivalence checks)
+        "zero_init_residual": False,
+    },
+    "data": {
+        "dataset": "",                # imagenet | cifar10 | digits (``--dataset`` sets it)
+        "root": "",                   # "" = datasets/<dataset>
+        "num_workers": 4,             # DataLoader worker processes (does not change samples or order)
+        "on_error": "raise",          # unreadable image: raise | skip (replaced by the next one, with a warning)
+        "holdout": 0,                 # CIFAR-10: images held out of the 50k as validation (paper's search: 5000)
+        "digits_size": 16,            # digits: upsampled side length
+    },
+    "augment": {
+        "scale": [256, 480],          # random shorter side [min, max]; [] keeps the input size
+        "crop": 224,                  # random crop size; 0 = no crop
+        "pad": 0,                     # zero padding before the crop (CIFAR: 4)
+        "flip": True,
+        "lighting": 0.1,              # PCA colour lighting alpha std; 0 disables
+        "mean": list(IMAGENET_MEAN_RGB),  # per-channel normalisation of [0, 1] RGB inputs
+        "std": list(IMAGENET_STD_RGB),
+    },
+    "solver": {
+        "batch_size": 256,            # global mini-batch
+        "reference_batch": 256,       # batch at which base_lr is stated
+        "base_lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 0.0001,
+        "max_iter": 600000,
+        "policy": "step",             # step | plateau
+        "steps": [150000, 300000, 450000],
+        "gamma": 0.1,
+        "plateau_patience": 3,        # evaluations without improvement before dividing the lr
+        "plateau_threshold": 0.1,     # improvement (top-1 error, %) that counts
+        "plateau_max_drops": 3,
+        "warmup_iters": 0,            # warm-up length (cap, when warmup_until_err > 0)
+        "warmup_factor": 0.1,         # warm-up lr = factor · lr
+        "warmup_method": "constant",  # constant | linear
+        "warmup_until_err": 0.0,      # > 0: end warm-up once the recent training error (%) is below this
+        "nan_policy": "stop",         # non-finite loss/gradient: stop | skip the step
+        "max_consecutive_skips": 10,
+    },
+    "train": {
+        "seed": 0,
+        "device": "auto",             # auto | cpu | cuda
+        "amp": "none",                # none | bf16 | fp16 (GPU; fp16 uses a GradScaler)
+        "channels_last": False,
+        "log_period": 20,
+        "checkpoint_period": 5000,
+        "keep_last": 3,
+        "eval_period": 0,             # 0 = evaluate only at the end
+        "progress": True,             # tqdm progress bar on the main process
+        "dist_timeout_s": 1800,       # a collective waiting longer than this for a dead peer raises
+    },
+    "eval": {
+        "protocol": "10crop",         # single | 1crop | 10crop | multiscale
+        "periodic_protocol": "",      # protocol of the evaluations during training; "" = same as protocol
+        "resize": 256,
+        "crop": 224,
+        "scales": [224, 256, 384, 480, 640],
+        "flip": True,                 # multiscale: also average the mirrored image's scores
+        "batch_size": 64,             # images per process and forward pass
+        "max_images": 0,              # 0 = the whole validation set
+    },
+}
+
+
+def default_config_path(dataset: str, arch: str) -> Optional[Path]:
+    """``configs/pretrain/<dataset>_<arch>.yaml`` if it exists, else ``<dataset>_base.yaml``, else None."""
+    for name in ([f"{dataset}_{arch}.yaml"] if arch else []) + [f"{dataset}_base.yaml"]:
+        if (CONFIG_DIR / name).is_file():
+            return CONFIG_DIR / name
+    return None
+
+
+def _fail(key: str, message: str) -> ConfigError:
+    return ConfigError(f"config key '{key}' {message}")
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Reject impossible values with one ConfigError naming the key, before any data or model is touched."""
+    m, d, a, s, t, e = cfg.model, cfg.data, cfg.augment, cfg.solver, cfg.train, cfg.eval
+
+    def positive(key, value, strict=True):
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            raise _fail(key, f"must be {'> 0' if strict else '>= 0'}, got {value}")
+
+    def choice(key, value, allowed):
+        if value not in allowed:
+            raise _fail(key, f"must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+    if not m.arch:
+        raise _fail("model.arch", "is empty: pass --arch NAME or set it in the config")
+    if m.arch not in list_backbones():
+        try:
+            get_spec(m.arch)
+        except KeyError as err:
+            raise _fail("model.arch", str(err.args[0])) from None
+    if not d.dataset:
+        raise _fail("data.dataset", f"is empty: pass --dataset ({', '.join(DATASETS)})")
+    choice("data.dataset", d.dataset, DATASETS)
+    if m.shortcut is not None:
+        choice("model.shortcut", m.shortcut, ("A", "B", "C"))
+    choice("model.norm", m.norm, NORMS)
+    if m.stride_in_1x1 is not None and not isinstance(m.stride_in_1x1, bool):
+        raise _fail("model.stride_in_1x1", f"must be true, false or null, got {m.stride_in_1x1!r}")
+    choice("data.on_error", d.on_error, ("raise", "skip"))
+    positive("data.num_workers", d.num_workers, strict=False)
+    positive("data.holdout", d.holdout, strict=False)
+    if d.digits_size < 8:
+        raise _fail("data.digits_size", f"must be >= 8 (the images are 8×8), got {d.digits_size}")
+
+    if a.scale and (len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]):
+        raise _fail("augment.scale", f"must be [] or [min, max] with 0 < min <= max, got {a.scale}")
+    positive("augment.crop", a.crop, strict=False)
+    positive("augment.pad", a.pad, strict=False)
+    if a.scale and a.crop > a.scale[0]:
+        raise _fail("augment.crop", f"({a.crop}) must not exceed the smallest random scale {a.scale[0]}")
+    positive("augment.lighting", a.lighting, strict=False)
+    for key in ("mean", "std"):
+        values = a[key]
+        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+            raise _fail(f"augment.{key}", f"must be 3 numbers (R, G, B), got {values}")
+    if any(v <= 0 for v in a.std):
+        raise _fail("augment.std", f"values must be > 0, got {a.std}")
+
+    positive("solver.batch_size", s.batch_size)
+    if s.batch_size % world_size:
+        raise _fail("solver.batch_size", f"= {s.batch_size} (global batch) is not divisible by the world size "
+                                         f"{world_size}; use a multiple of {world_size}")
+    positive("solver.reference_batch", s.reference_batch)
+    positive("solver.base_lr", s.base_lr)
+    if not 0 <= s.momentum < 1:
+        raise _fail("solver.momentum", f"must be in [0, 1), got {s.momentum}")
+    positive("solver.weight_decay", s.weight_decay, strict=False)
+    positive("solver.max_iter", s.max_iter)
+    choice("solver.policy", s.policy, POLICIES)
+    if any(not 0 < x <= s.max_iter for x in s.steps) or list(s.steps) != sorted(set(s.steps)):
+        raise _fail("solver.steps", f"must be increasing iterations in 1..max_iter={s.max_iter}, got {s.steps}")
+    if not 0 < s.gamma <= 1:
+        raise _fail("solver.gamma", f"must be in (0, 1], got {s.gamma}")
+    positive("solver.plateau_patience", s.plateau_patience)
+    positive("solver.plateau_threshold", s.plateau_threshold, strict=False)
+    positive("solver.plateau_max_drops", s.plateau_max_drops, strict=False)
+    if s.policy == "plateau" and t.eval_period == 0:
+        raise _fail("train.eval_period", "must be > 0 with solver.policy=plateau (it needs periodic evaluations)")
+    positive("solver.warmup_iters", s.warmup_iters, strict=False)
+    if not 0 < s.warmup_factor <= 1:
+        raise _fail("solver.warmup_factor", f"must be in (0, 1], got {s.warmup_factor}")
+    choice("solver.warmup_method", s.warmup_method, WARMUP_METHODS)
+    if not 0 <= s.warmup_until_err <= 100:
+        raise _fail("solver.warmup_until_err", f"must be a percentage in [0, 100], got {s.warmup_until_err}")
+    if s.warmup_until_err and not s.warmup_iters:
+        raise _fail("solver.warmup_iters", "must be > 0 (a cap) when solver.warmup_until_err is set")
+    choice("solver.nan_policy", s.nan_policy, ("stop", "skip"))
+    positive("solver.max_consecutive_skips", s.max_consecutive_skips)
+
+    choice("train.device", t.device.split(":")[0], ("auto", "cpu", "cuda"))
+    choice("train.amp", t.amp, AMP_MODES)
+    for key in ("log_period", "checkpoint_period", "keep_last", "dist_timeout_s"):
+        positive(f"train.{key}", t[key])
+    positive("train.eval_period", t.eval_period, strict=False)
+
+    choice("eval.protocol", e.protocol, PROTOCOLS)
+    if e.periodic_protocol:
+        choice("eval.periodic_protocol", e.periodic_protocol, PROTOCOLS)
+    positive("eval.resize", e.resize)
+    positive("eval.crop", e.crop)
+    if e.crop > e.resize:
+        raise _fail("eval.crop", f"({e.crop}) must not exceed eval.resize ({e.resize})")
+    if not e.scales or any(v <= 0 for v in e.scales):
+        raise _fail("eval.scales", f"must be positive shorter-side lengths, got {e.scales}")
+    positive("eval.batch_size", e.batch_size)
+    positive("eval.max_images", e.max_images, strict=False)
+    if d.dataset in ("cifar10", "digits") and e.protocol in ("1crop", "10crop", "multiscale") and e.resize >= 64:
+        raise _fail("eval.protocol", f"'{e.protocol}' resizes to {e.resize} px, meant for ImageNet; use 'single' "
+                                     f"for {d.dataset} (or set eval.resize/crop to small-image sizes)")
