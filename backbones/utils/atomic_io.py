@@ -2,7 +2,7 @@
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, IO, Iterator, Union
 
@@ -82,13 +82,16 @@ def atomic_write_with(path: PathLike, writer: Callable[[IO], None], binary: bool
 def check_writable(folder: PathLike, min_free_bytes: int = 0) -> None:
     """Fail early, before any work, when ``folder`` cannot be written or has less than ``min_free_bytes`` free."""
     folder = Path(folder)
+    probe = folder / ".resdet_write_probe"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".resdet_write_probe"
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as e:
         raise OSError(f"output folder {folder} is not writable: {e.strerror or e}") from e
+    finally:
+        # Also when the write failed half-way (disk full): the probe must not be left in the run folder.
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
     if min_free_bytes:
         free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
         if free < min_free_bytes:
