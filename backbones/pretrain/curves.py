@@ -1,0 +1,54 @@
+"""Training/validation error curves of several runs on one figure (the style of the paper's Figs. 1, 4 and 6:
+thin dashed lines = training error, bold lines = validation error, one colour per run)."""
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..utils.metrics_log import read_metrics
+
+
+def run_label(run_dir: Path) -> str:
+    final = run_dir / "final.json"
+    if final.is_file():
+        return json.loads(final.read_text())["arch"]
+    return run_dir.name
+
+
+def plot_error_curves(run_dirs: Sequence, output, labels: Optional[List[str]] = None, title: str = "",
+                      ymax: Optional[float] = None) -> Path:
+    """Draw ``train_err`` and ``eval/top1_err`` against iterations for every run folder; save to ``output``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dirs = [Path(d) for d in run_dirs]
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels given for {len(run_dirs)} runs")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(run_dirs):
+        records = read_metrics(run)
+        train = [(r["iter"], r["train_err"]) for r in records if r.get("train_err") is not None]
+        val = [(r["iter"], r["eval/top1_err"]) for r in records if r.get("eval/top1_err") is not None]
+        if not train and not val:
+            raise ValueError(f"{run} has no metrics.jsonl with train_err / eval/top1_err records")
+        label = labels[i] if labels else run_label(run)
+        colour = colours[i % len(colours)]
+        if train:
+            ax.plot(*zip(*train), linestyle="--", linewidth=0.8, color=colour, label=f"{label} train")
+        if val:
+            ax.plot(*zip(*val), linewidth=2.0, color=colour, label=f"{label} val")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(0, ymax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    if title:
+        ax.set_title(title)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
