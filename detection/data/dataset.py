@@ -75,13 +75,22 @@ class DetectionDataset(Dataset):
         problems: List[Issue] = []
         for _ in range(MAX_CONSECUTIVE_BAD):
             record = self.records[index]
-            expected = None if record["width"] is None else (record["width"], record["height"])
-            pixels = read_image(Path(record["file"]), expected, self.max_image_pixels, problems, self.on_error)
+            pixels = self._read(record, problems)
             if pixels is not None:
                 return self._sample(record, pixels, seed, problems)
             index = (index + 1) % len(self.records)
         raise DataError(f"{MAX_CONSECUTIVE_BAD} consecutive images of {self.source.name} could not be read; last "
                         f"problem: {problems[-1][1]}: {problems[-1][2]}")
+
+    def _read(self, record: dict, problems: List[Issue]) -> Optional[np.ndarray]:
+        """HxWx3 uint8 RGB pixels of ``record``, or None to skip it (overridden by the fast loader's decoder)."""
+        expected = None if record["width"] is None else (record["width"], record["height"])
+        return read_image(Path(record["file"]), expected, self.max_image_pixels, problems, self.on_error)
+
+    @staticmethod
+    def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+        """The model's input: float RGB [3, H, W] in [0, 1] (the fast loader keeps uint8 here)."""
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
 
     def _sample(self, record: dict, pixels: np.ndarray, seed: int, problems: List[Issue]):
         boxes, labels = record["boxes"], record["labels"]
@@ -92,7 +101,7 @@ class DetectionDataset(Dataset):
                 problems.append(("degenerate_after_transform", record["file"],
                                  f"{int((~ok).sum())} box(es) collapsed by resize/flip"))
                 boxes, labels = boxes[ok], labels[ok]
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+        image = self._to_tensor(pixels)
         target = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(labels, dtype=torch.int64),

@@ -1,0 +1,178 @@
+"""Speed options for a ``FasterRCNNC4``: BN folding, channels_last, bf16 autocast, ``torch.compile``.
+
+``optimize_detector`` returns an inference-only wrapper (``OptimizedDetector``) whose outputs match the plain model's
+(float32 boxes, scores and labels; see tests/test_optimize.py for the tolerances). ``prepare_for_training`` applies
+the options that keep the training state exact (``state_dict`` keys, parameters, gradients).
+
+Low precision needs guards: torchvision decodes boxes in the dtype of the regression output
+(``BoxCoder.decode_single`` casts the anchors/proposals to it) and the RoI pooler casts boxes to the feature dtype,
+so under bf16 autocast coordinates near 1000 px would be rounded to 4 px steps. ``add_low_precision_guards`` casts the
+RPN head's and the box predictor's outputs and the pooler's input feature map to float32; the convolutions still run
+in bf16.
+"""
+import copy
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from backbones.fuse import fold_frozen_batchnorm, fuse_frozen_batchnorm_for_training
+
+from .detector import FasterRCNNC4
+
+
+def _to_float(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    return value
+
+
+def _float_outputs(module, args, output):
+    return _to_float(output)
+
+
+def _float_pooler_features(module, args):
+    features, *rest = args
+    return (_to_float(features), *rest)
+
+
+def _channels_last_input(module, args):
+    x, *rest = args
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return (x, *rest)
+
+
+def add_low_precision_guards(model: FasterRCNNC4) -> List[torch.utils.hooks.RemovableHandle]:
+    """Keep box arithmetic in float32 under autocast (see the module docstring); returns the hook handles.
+
+    Hooks, not wrappers, so ``state_dict`` keys do not change. Harmless in float32.
+    """
+    if getattr(model, "_low_precision_guarded", False):
+        return []
+    handles = [
+        model.rpn.head.register_forward_hook(_float_outputs),
+        model.roi_heads.box_predictor.register_forward_hook(_float_outputs),
+        model.roi_heads.box_roi_pool.register_forward_pre_hook(_float_pooler_features),
+    ]
+    model._low_precision_guarded = True
+    return handles
+
+
+def to_channels_last(model: FasterRCNNC4) -> FasterRCNNC4:
+    """NHWC weights and activations for the trunk, the RPN head and the per-RoI head (oneDNN's and cuDNN's
+    preferred layout: no reorder before each convolution)."""
+    for part in (model.backbone, model.rpn.head, model.roi_heads.box_head):
+        part.to(memory_format=torch.channels_last)
+    if not getattr(model, "_channels_last_inputs", False):
+        model.backbone.register_forward_pre_hook(_channels_last_input)
+        model.roi_heads.box_head.register_forward_pre_hook(_channels_last_input)
+        model._channels_last_inputs = True
+    return model
+
+
+def fold_batchnorm(model: FasterRCNNC4) -> int:
+    """Fold frozen BNs of the trunk and the per-RoI head into their convs (inference); returns how many."""
+    return sum(fold_frozen_batchnorm(part) for part in (model.backbone, model.roi_heads.box_head))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matrix math is native here (CUDA compute capability >= 8, or a CPU with AVX512-BF16/AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+class OptimizedDetector(nn.Module):
+    """Inference wrapper: ``detector(images)`` under ``torch.inference_mode`` (and bf16 autocast if asked).
+
+    Outputs are float32, as the plain model's. Training is refused: use ``prepare_for_training`` instead.
+    """
+
+    def __init__(self, model: FasterRCNNC4, bf16: bool = False):
+        super().__init__()
+        self.model = model
+        self.bf16 = bf16
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("OptimizedDetector is inference-only (folded BN, inference_mode); "
+                               "use detection.model.optimize.prepare_for_training for training")
+        return super().train(False)
+
+    def forward(self, images, targets=None):
+        if targets is not None:
+            raise ValueError("OptimizedDetector runs inference only; targets are not accepted")
+        device_type = images[0].device.type if len(images) else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.model(images)
+        return [_to_float(o) for o in outputs]
+
+
+def compile_parts(model: FasterRCNNC4, mode: Optional[str] = None, freezing: bool = False) -> FasterRCNNC4:
+    """``torch.compile`` the trunk and the per-RoI head (the dense parts); the proposal logic stays eager.
+
+    The number of RoIs varies per image, so the head is compiled with a dynamic batch dimension.
+    """
+    options = {"freezing": True} if freezing else None
+    model.backbone = torch.compile(model.backbone, mode=None if options else mode, options=options)
+    model.roi_heads.box_head = torch.compile(model.roi_heads.box_head, mode=None if options else mode,
+                                             dynamic=True, options=options)
+    return model
+
+
+def optimize_detector(model: FasterRCNNC4, fold_bn: bool = True, channels_last: bool = True, bf16: bool = False,
+                      compile: bool = False, inplace: bool = False) -> OptimizedDetector:
+    """An inference-only copy of ``model`` with the chosen speed options.
+
+    Args:
+        fold_bn: fold frozen BN into the preceding convs (exact up to float rounding).
+        channels_last: NHWC memory format for all convolutions.
+        bf16: bf16 autocast for the dense layers, with float32 box arithmetic (``add_low_precision_guards``).
+            Changes the numbers slightly: measure accuracy before relying on it (docs/BENCHMARKS.md).
+        compile: ``torch.compile`` the trunk and the per-RoI head (freezing the weights on CPU); the first calls
+            are slow.
+        inplace: modify ``model`` itself instead of a deep copy.
+    """
+    if bf16:
+        device = next(model.parameters()).device
+        if not bf16_supported(device):
+            raise RuntimeError(f"bf16 requested but {device} has no native bf16 matrix math")
+    model = (model if inplace else copy.deepcopy(model)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if fold_bn:
+        fold_batchnorm(model)
+    if channels_last:
+        to_channels_last(model)
+    if bf16:
+        add_low_precision_guards(model)
+    if compile:
+        device = next(model.parameters()).device
+        compile_parts(model, freezing=device.type == "cpu")
+    return OptimizedDetector(model, bf16=bf16)
+
+
+def prepare_for_training(model: FasterRCNNC4, fuse_bn: bool = True, channels_last: bool = True,
+                         low_precision_guards: bool = True) -> FasterRCNNC4:
+    """Training-safe options, in place: loss and gradients equal the plain model's up to float rounding.
+
+    ``fuse_bn`` computes ``W * s`` in each forward (``backbones.fuse.FrozenBNConv2d``), so parameters, optimizer
+    state and ``state_dict`` keys are untouched; ``low_precision_guards`` matter only under autocast (AMP).
+    """
+    if fuse_bn:
+        for part in (model.backbone, model.roi_heads.box_head):
+            fuse_frozen_batchnorm_for_training(part)
+    if channels_last:
+        to_channels_last(model)
+    if low_precision_guards:
+        add_low_precision_guards(model)
+    return model

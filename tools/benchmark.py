@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Measure resdet's speed against the machine's own limit and against reference implementations, in one process.
+
+    python tools/benchmark.py --device cpu --json runs/benchmark.json          # full run (long on a small CPU)
+    python tools/benchmark.py --quick --json /tmp/b.json                       # tiny inputs, few repeats (tests)
+    python tools/benchmark.py --sections gemm inference --backbones resnet101 --repeats 5
+
+Sections: (1) dense GEMM FLOP/s, fp32 and bf16 where supported — the practical limit; (2) detector inference
+s/image at 600x1000, batch 1, with counted multiply-adds → FLOP/s and fraction of (1), baseline vs each
+optimisation; (3) detector training s/iteration; (4) ResNet classification train/inference img/s at 224;
+(5) detection data loading img/s vs a torchvision-reference pipeline; (6) COCO evaluation time, fast path vs
+pycocotools with identical stats. Every comparison runs its variants interleaved (one call each per round) and
+reports medians, so ratios hold even on a shared machine; the load average is recorded with each section.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from backbones.utils.atomic_io import atomic_write_text
+from detection.benchmark.classification_speed import measure_classification
+from detection.benchmark.coco_speed import measure_coco_eval
+from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training
+from detection.benchmark.gemm import gemm_probe, measure_gemm
+from detection.benchmark.loader_speed import measure_loading
+from detection.model.optimize import bf16_supported
+
+SECTIONS = ("gemm", "inference", "training", "classification", "loading", "coco")
+
+FULL = {"repeats": 5, "gemm_sizes": [1024, 2048, 4096], "backbones": ["resnet50", "resnet101", "vgg16"],
+        "det_size": [600, 1000], "rois": TEST_ROIS, "train_backbone": "resnet50", "train_images": 2,
+        "train_overrides": [], "cls_arch": "resnet50", "cls_size": 224, "cls_batch": {"cpu": 32, "cuda": 256},
+        "loader_images": 256, "loader_workers": [0, 2], "loader_batch": 2, "coco_images": 5000,
+        "coco_dets": 100, "coco_repeats": 2}
+QUICK = {"repeats": 1, "gemm_sizes": [256], "backbones": ["resnet18"], "det_size": [64, 96], "rois": 8,
+         "train_backbone": "resnet18", "train_images": 2,
+         "train_overrides": ["model.roi_heads.batch_size_per_image=8", "model.rpn.post_nms_top_n_train=32",
+                             "model.rpn.pre_nms_top_n_train=64"],
+         "cls_arch": "resnet18", "cls_size": 32, "cls_batch": {"cpu": 2, "cuda": 2}, "loader_images": 4,
+         "loader_workers": [0], "loader_batch": 2, "coco_images": 20, "coco_dets": 10, "coco_repeats": 1}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--json", metavar="OUT", help="write the results here (JSON); printed to stdout otherwise")
+    p.add_argument("--quick", action="store_true", help="tiny inputs and one repeat everywhere (the test suite)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile variant (slow to compile)")
+    p.add_argument("--no-bf16", action="store_true", help="skip bf16 variants even where supported")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; --quick: 1, tiny ops only lose from threading)")
+    p.add_argument("--repeats", type=int, help="rounds per comparison (default 5; --quick 1)")
+    p.add_argument("--backbones", nargs="+", help="detector inference backbones (default resnet50 resnet101 vgg16)")
+    p.add_argument("--det-size", nargs=2, type=int, metavar=("H", "W"), help="detector input (default 600 1000)")
+    p.add_argument("--rois", type=int, help=f"RoIs per image at test time (default {TEST_ROIS})")
+    p.add_argument("--cls-batch", type=int, help="classification batch (default 32 on CPU, 256 on CUDA)")
+    p.add_argument("--loader-images", type=int, help="generated JPEGs per loading epoch (default 256)")
+    p.add_argument("--loader-workers", nargs="+", type=int, help="DataLoader worker counts (default 0 2)")
+    p.add_argument("--coco-images", type=int, help="images in the generated COCO case (default 5000)")
+    p.add_argument("--coco-repeats", type=int, help="rounds for the COCO comparison (default 2)")
+    return p
+
+
+def settings(args) -> dict:
+    s = dict(QUICK if args.quick else FULL)
+    for key, value in (("repeats", args.repeats), ("backbones", args.backbones), ("det_size", args.det_size),
+                       ("rois", args.rois), ("loader_images", args.loader_images),
+                       ("loader_workers", args.loader_workers), ("coco_images", args.coco_images),
+                       ("coco_repeats", args.coco_repeats)):
+        if value is not None:
+            s[key] = value
+    s["cls_batch"] = args.cls_batch or s["cls_batch"][args.device]
+    return s
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(args, device: torch.device) -> dict:
+    env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "torch": torch.__version__,
+           "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "device": str(device), "quick": args.quick}
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["fp32_matmul"] = "IEEE fp32 (TF32 disabled)"
+    return env
+
+
+def load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _g(flops) -> str:
+    return f"{flops / 1e9:8.1f}"
+
+
+def print_tables(results: dict) -> None:
+    if "gemm" in results:
+        print("\n(1) dense GEMM — the practical limit")
+        for dtype, r in results["gemm"].items():
+            if isinstance(r, dict) and "peak_flops" in r:
+                print(f"  {dtype:5s} peak {_g(r['peak_flops'])} GFLOP/s  ({r['best']})")
+    if "inference" in results:
+        print("\n(2) detector inference, batch 1 (s/image, GFLOP/s, fraction of GEMM peak, speed-up)")
+        for name, r in results["inference"].items():
+            print(f"  {name}: {r['multiply_adds'] / 1e9:.1f} G multiply-adds at {r['input_hw']}, "
+                  f"RoIs/image {r['rois_per_image']}")
+            for k, v in r["variants"].items():
+                print(f"    {k:34s} {v['s_per_image']:8.3f} s {_g(v['flops_per_s'])} GFLOP/s "
+                      f"{100 * v['fraction_of_gemm_peak']:5.1f}%  x{v['speedup_vs_baseline']:.2f}")
+    if "training" in results:
+        r = results["training"]
+        print(f"\n(3) detector training {r['backbone']}, {r['images_per_iter']} images at {r['input_hw']} (s/iter)")
+        for k, v in r["variants"].items():
+            print(f"    {k:34s} {v['s_per_iter']:8.3f} s  x{v['speedup_vs_baseline']:.2f}")
+    if "classification" in results:
+        r = results["classification"]
+        print(f"\n(4) {r['arch']} classification at {r['input_size']}, batch {r['batch']} (img/s)")
+        for kind in ("train", "inference"):
+            for k, v in r[kind].items():
+                print(f"    {kind:9s} {k:44s} {v['img_per_s']:9.1f}  x{v['speedup_vs_baseline']:.2f}")
+    if "loading" in results:
+        r = results["loading"]
+        print(f"\n(5) detection data loading, {r['num_images']} JPEGs, batch {r['batch']} (img/s, per core)")
+        for n, pipelines in r["by_workers"].items():
+            for k, v in pipelines.items():
+                print(f"    {n} worker(s) {k:12s} {v['img_per_s']:8.1f} {v['img_per_s_per_core']:8.1f}  "
+                      f"x{v['speedup_vs_reference']:.2f}")
+    if "coco" in results:
+        r = results["coco"]
+        print(f"\n(6) COCO evaluation, {r['num_images']} images, {r['num_detections']} detections (s); "
+              f"identical stats: {r['resdet_fast_identical_to_pycocotools']}")
+        for k, v in r["evaluators"].items():
+            print(f"    {k:18s} {v['s']:8.2f} s  x{v['speedup_vs_pycocotools']:.1f}  "
+                  f"max |stat diff| {v['max_abs_stat_difference']:.2e}")
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is available")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    s = settings(args)
+    bf16 = bf16_supported(device) and not args.no_bf16
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    results = {"environment": environment(args, device), "settings": s, "bf16_supported": bf16_supported(device),
+               "load_average": {"start": load_average()}, "section_wall_s": {}}
+    started = last = time.perf_counter()
+
+    def done(section: str) -> None:
+        nonlocal last
+        results["load_average"][section] = load_average()
+        results["section_wall_s"][section] = round(time.perf_counter() - last, 1)
+        last = time.perf_counter()
+
+    dtypes = ["fp32", "bf16"] if bf16 else ["fp32"]
+    gemm = measure_gemm(device, dtypes, s["gemm_sizes"], max(s["repeats"], 2))
+    results["gemm"] = gemm  # always measured: every FLOP/s figure is compared with it
+    peaks = {d: gemm[d]["peak_flops"] for d in dtypes}
+    probe = gemm_probe(device, gemm["fp32"]["best"])
+    done("gemm")
+    if "inference" in args.sections:
+        results["inference"] = measure_inference(s["backbones"], device, tuple(s["det_size"]), s["repeats"], peaks,
+                                                 probe, bf16, args.compile, rois=s["rois"], log=log)
+        done("inference")
+    if "training" in args.sections:
+        results["training"] = measure_training(s["train_backbone"], device, tuple(s["det_size"]), s["train_images"],
+                                               s["repeats"], bf16, rois=s["rois"], overrides=s["train_overrides"],
+                                               log=log)
+        done("training")
+    if "classification" in args.sections:
+        results["classification"] = measure_classification(s["cls_arch"], device, s["cls_batch"], s["cls_size"],
+                                                           s["repeats"], bf16, log=log)
+        done("classification")
+    if "loading" in args.sections:
+        with tempfile.TemporaryDirectory(prefix="resdet-bench-") as folder:
+            results["loading"] = measure_loading(Path(folder), s["loader_images"], s["loader_workers"],
+                                                 s["loader_batch"], s["repeats"], device, log=log)
+        done("loading")
+    if "coco" in args.sections:
+        results["coco"] = measure_coco_eval(s["coco_images"], s["coco_dets"], s["coco_repeats"], log=log)
+        done("coco")
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    results = run(args)
+    print_tables(results)
+    text = json.dumps(results, indent=1)
+    if args.json:
+        atomic_write_text(Path(args.json), text + "\n")
+        print(f"\nwrote {args.json}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
