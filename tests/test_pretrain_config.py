@@ -35,7 +35,7 @@ def test_default_config_lookup():
     ("solver.max_iter=abc", r"'solver.max_iter' .*expects int.*got str 'abc'"),
     ("solver.base_lr=-0.1", r"'solver.base_lr' must be > 0, got -0.1"),
     ("solver.momentum=1.5", r"'solver.momentum' must be in \[0, 1\)"),
-    ("solver.steps=[5,3]", r"'solver.steps' must be increasing"),
+    ("solver.steps=[5,3]", r"'solver.steps' must be strictly increasing"),
     ("solver.nan_policy=ignore", r"'solver.nan_policy' must be one of stop, skip"),
     ("model.arch=resnet21", r"'model.arch' unknown backbone 'resnet21'; did you mean"),
     ("augment.std=[0.2,0,0.2]", r"'augment.std' values must be > 0"),

@@ -15,7 +15,8 @@ def _fake_run(folder, arch, slope):
         logger.log(it, lr=0.1, loss=1.0, train_err=max(0.0, 90 - slope * it))
         if it % 50 == 0:
             logger.log(it, **{"eval/top1_err": 95 - slope * it, "eval/top5_err": 10.0})
-    atomic_write_json(folder / "final.json", {"arch": arch})
+    atomic_write_json(folder / "final.json", {"arch": arch, "iters": 100, "train_err": 90 - slope * 100,
+                                              "top1_err": 95 - slope * 100, "protocol": "single"})
     return folder
 
 
@@ -26,11 +27,14 @@ def _plot_tool():
     return module
 
 
-def test_plot_two_runs(tmp_path):
+def test_plot_two_runs(tmp_path, capsys):
     runs = [_fake_run(tmp_path / "a", "plain20", 0.5), _fake_run(tmp_path / "b", "resnet20", 0.8)]
     tool = _plot_tool()
     out = tmp_path / "fig" / "curves.png"
     assert tool.main(tool.get_args_parser().parse_args([*map(str, runs), "-o", str(out), "--title", "t"])) == 0
+    table = capsys.readouterr().out
+    assert f"| {runs[0]} | plain20 | 100 | 40.00 | 45.00 | single |" in table
+    assert f"| {runs[1]} | resnet20 | 100 | 10.00 | 15.00 | single |" in table
     with Image.open(out) as image:
         assert image.size[0] > 400 and len(image.convert("L").getcolors(65536)) > 10  # an actual drawing
 

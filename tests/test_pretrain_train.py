@@ -166,3 +166,26 @@ def test_nan_skip_policy_skips_the_step_and_finishes(tmp_path):
     assert final["skipped_steps"] == 1 and final["iters"] == 6
     state = load_checkpoint(tmp_path / "model_final.pth")["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_and_channels_last_paths_run(tmp_path, amp):
+    """The GPU options also run on CPU (autocast + GradScaler), so their code paths are exercised in CI."""
+    cfg = tiny_digits_config(f"train.amp={amp}", "train.channels_last=true", "solver.max_iter=2")
+    summary = Trainer(cfg, tmp_path).run()
+    assert summary["iters"] == 2 and summary["skipped_steps"] == 0
+    checkpoint = load_checkpoint(tmp_path / "model_0000002.pth")
+    assert checkpoint["scaler"] if amp == "fp16" else True  # fp16 keeps a loss scale to resume with
+    state = load_checkpoint(tmp_path / "model_final.pth")["model"]
+    assert all(v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in state.values())
+
+
+def test_resuming_a_finished_run_repeats_only_the_final_report(tmp_path):
+    cfg = tiny_digits_config("solver.max_iter=3")
+    Trainer(cfg, tmp_path).run()
+    before = read_metrics(tmp_path)
+    final_before = json.loads((tmp_path / "final.json").read_text())
+    Trainer(cfg, tmp_path, resume=True).run()  # e.g. killed between the last checkpoint and final.json
+    assert read_metrics(tmp_path) == before  # one final evaluation line, not two
+    final_after = json.loads((tmp_path / "final.json").read_text())
+    assert final_after["top1_err"] == final_before["top1_err"] and final_after["iters"] == 3

@@ -27,6 +27,14 @@ def test_log_read_and_resume_truncation(tmp_path):
     assert json.loads(lines[-1])["lr"] == 0.01
 
 
+def test_resume_can_drop_records_at_the_resume_iteration(tmp_path):
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log(5, loss=1.0)
+    logger.log(5, **{"eval/top1_err": 3.0})
+    logger.resume_at(5, keep_at=lambda r: "eval/top1_err" not in r)
+    assert read_metrics(tmp_path) == [{"iter": 5, "loss": 1.0}]
+
+
 def test_disabled_logger_writes_nothing(tmp_path):
     logger = MetricsLogger(tmp_path / "run", enabled=False)
     logger.log(1, loss=math.pi)

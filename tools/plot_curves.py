@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Plot training (dashed) and validation (bold) top-1 error against iterations for several pretraining runs.
+"""Plot training (dashed) and validation (bold) top-1 error against iterations for several pretraining runs,
+and print their final.json figures as a Markdown table.
 
     tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \
         -o docs/figures/digits_degradation.png --title "digits, 16×16"
@@ -10,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.pretrain.curves import plot_error_curves  # noqa: E402
+from backbones.pretrain.curves import plot_error_curves, summary_table  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,8 @@ def main(args) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(path)
+    print(summary_table(args.runs))
+    print(f"figure: {path}")
     return 0
 
 

@@ -27,7 +27,7 @@ from backbones.pretrain.trainer import eval_settings  # noqa: E402
 from backbones.utils.atomic_io import atomic_write_json  # noqa: E402
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from backbones.utils.config import Config, ConfigError, load_config  # noqa: E402
-from backbones.utils.dist import resolve_device  # noqa: E402
+from backbones.utils.dist import cleanup, init_distributed  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
 from backbones.utils.run_dir import RunFolderError  # noqa: E402
 from backbones.weights.keys import WeightsMismatchError  # noqa: E402
@@ -64,18 +64,23 @@ def setup(args) -> Config:
 def run_eval_only(cfg, args) -> dict:
     model, meta, checkpoint = load_classifier(args.weights, cfg.model.arch or None)
     cfg.model.arch = checkpoint["arch"]  # --arch is optional here: the checkpoint names it
-    validate(cfg)
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    _, val_set = build_datasets(cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout,
-                                cfg.data.digits_size)
-    settings = eval_settings(cfg)
-    settings.update(mean=meta.mean, std=meta.std)  # the normalisation the weights were trained with
-    result = evaluate(model, val_set, device=device, progress=cfg.train.progress, **settings)
+    info = init_distributed(cfg.train.device, timeout_s=cfg.train.dist_timeout_s)  # shards images under torchrun
+    try:
+        validate(cfg, info.world_size)
+        model.to(info.device)
+        _, val_set = build_datasets(cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout,
+                                    cfg.data.digits_size)
+        settings = eval_settings(cfg)
+        settings.update(mean=meta.mean, std=meta.std)  # the normalisation the weights were trained with
+        result = evaluate(model, val_set, device=info.device, progress=cfg.train.progress and info.is_main,
+                          **settings)
+    finally:
+        cleanup()
     result.update(arch=meta.arch, dataset=cfg.data.dataset, weights=str(args.weights))
-    if args.output_dir:
-        atomic_write_json(Path(args.output_dir) / f"eval_{result['protocol']}.json", result)
-    print(json.dumps(result, indent=2))
+    if info.is_main:
+        if args.output_dir:
+            atomic_write_json(Path(args.output_dir) / f"eval_{result['protocol']}.json", result)
+        print(json.dumps(result, indent=2))
     return result
 
 

@@ -14,6 +14,21 @@ def run_label(run_dir: Path) -> str:
     return run_dir.name
 
 
+def summary_table(run_dirs: Sequence) -> str:
+    """A Markdown table of the runs' final.json figures (runs without one are listed as unfinished)."""
+    rows = ["| run | arch | iters | train err (%) | val top-1 err (%) | protocol | CPU s | wall s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in map(Path, run_dirs):
+        final = run / "final.json"
+        if not final.is_file():
+            rows.append(f"| {run} | unfinished | | | | | | |")
+            continue
+        f = json.loads(final.read_text())
+        rows.append(f"| {run} | {f['arch']} | {f['iters']} | {f['train_err']:.2f} | {f['top1_err']:.2f} | "
+                    f"{f['protocol']} | {f.get('cpu_time_s', '')} | {f.get('wall_time_s', '')} |")
+    return "\n".join(rows)
+
+
 def plot_error_curves(run_dirs: Sequence, output, labels: Optional[List[str]] = None, title: str = "",
                       ymax: Optional[float] = None) -> Path:
     """Draw ``train_err`` and ``eval/top1_err`` against iterations for every run folder; save to ``output``."""

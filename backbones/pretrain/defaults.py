@@ -161,8 +161,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("solver.weight_decay", s.weight_decay, strict=False)
     positive("solver.max_iter", s.max_iter)
     choice("solver.policy", s.policy, POLICIES)
-    if any(not 0 < x <= s.max_iter for x in s.steps) or list(s.steps) != sorted(set(s.steps)):
-        raise _fail("solver.steps", f"must be increasing iterations in 1..max_iter={s.max_iter}, got {s.steps}")
+    # Steps past max_iter are allowed (never reached), so a shortened run needs only solver.max_iter changed.
+    if any(not isinstance(x, int) or x <= 0 for x in s.steps) or list(s.steps) != sorted(set(s.steps)):
+        raise _fail("solver.steps", f"must be strictly increasing positive iterations, got {s.steps}")
     if not 0 < s.gamma <= 1:
         raise _fail("solver.gamma", f"must be in (0, 1], got {s.gamma}")
     positive("solver.plateau_patience", s.plateau_patience)

@@ -129,7 +129,9 @@ class Trainer:
                 _log(f"resumed from {path} at iteration {iteration}", info)
         logger = MetricsLogger(self.output_dir, enabled=info.is_main)
         if self.resume:
-            logger.resume_at(iteration)
+            # A run resumed after its last iteration repeats the final evaluation; drop the old one.
+            finished = iteration == s.max_iter
+            logger.resume_at(iteration, keep_at=(lambda r: "eval/top1_err" not in r) if finished else None)
         if info.is_main:
             atomic_write_text(self.output_dir / "config.yaml", cfg.dump())
 

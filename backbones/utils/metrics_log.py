@@ -8,7 +8,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .atomic_io import PathLike, atomic_write_text
 
@@ -59,11 +59,16 @@ class MetricsLogger:
         self._writer = None
         self._purge_step: Optional[int] = None
 
-    def resume_at(self, iteration: int) -> None:
-        """Forget records after ``iteration`` (they came from work lost at the crash) and any partial last line."""
+    def resume_at(self, iteration: int, keep_at: Optional[Callable[[Dict[str, Any]], bool]] = None) -> None:
+        """Forget records after ``iteration`` (they came from work lost at the crash) and any partial last line.
+
+        ``keep_at(record)`` decides about the records logged *at* ``iteration`` (default: keep them), e.g. to drop a
+        final evaluation that the resumed run will repeat.
+        """
         if not self.enabled:
             return
-        kept = [r for r in read_metrics(self.path) if int(r.get("iter", 0)) <= iteration]
+        kept = [r for r in read_metrics(self.path) if int(r.get("iter", 0)) < iteration
+                or (int(r.get("iter", 0)) == iteration and (keep_at is None or keep_at(r)))]
         if self.path.exists():
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._purge_step = iteration + 1
