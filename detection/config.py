@@ -5,10 +5,15 @@ longer <= 1000; anchors 128/256/512 x 0.5/1/2; RPN 256 anchors at 1:1, IoU 0.7/0
 (train) and 6000/300 (test); 128 RoIs per image, 25% foreground at IoU >= 0.5, background [0, 0.5); per-class NMS
 0.3 at test.
 """
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
+import yaml
+
+from backbones.registry import get_spec
 from backbones.utils.config import Config, ConfigError, load_config
 
+# Freezable stages of the C4 split per backbone family (stem, res2..res5; VGG conv1_x..conv5_x; CIFAR stem + 3).
+C4_STAGES = {"imagenet_resnet": 5, "vgg": 5, "cifar_resnet": 4}
 DATASETS = ("voc07", "voc0712", "voc07++12", "coco", "coco_json", "digits")
 
 DEFAULTS = {
@@ -90,7 +95,7 @@ DEFAULTS = {
         "warmup_iters": 0,
         "warmup_factor": 0.001,
         "clip_grad_norm": 0.0,
-        "amp": True,  # CUDA only
+        "amp": "bf16",  # none | bf16 | fp16 (fp16 with a GradScaler); CUDA only, ignored on CPU
         "nan_policy": "stop",
         "checkpoint_period": 5000,
         "keep_last": 3,
@@ -112,7 +117,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(d.on_error in ("skip", "raise"), "data.on_error", d.on_error, "'skip' or 'raise'")
     _check(h.pooler in ("align", "pool"), "model.roi_heads.pooler", h.pooler, "'align' or 'pool'")
     _check(s.nan_policy in ("stop", "skip"), "solver.nan_policy", s.nan_policy, "'stop' or 'skip'")
-    _check(m.freeze_at is None or m.freeze_at >= 0, "model.freeze_at", m.freeze_at, "an integer >= 0")
+    _check(s.amp in ("none", "bf16", "fp16"), "solver.amp", s.amp, "'none', 'bf16' or 'fp16'")
+    try:
+        family = get_spec(m.backbone).family
+    except KeyError as e:
+        raise ConfigError(f"config key 'model.backbone': {e.args[0]}") from None
+    stages = C4_STAGES[family]
+    _check(m.freeze_at is None or 0 <= m.freeze_at <= stages, "model.freeze_at", m.freeze_at,
+           f"0..{stages} for {m.backbone} (0 = train everything, 1 = stem frozen, 2 = stem + res2, ...)")
     _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")
     _check(len(m.anchor_sizes) > 0 and all(v > 0 for v in m.anchor_sizes), "model.anchor_sizes", m.anchor_sizes,
            "a non-empty list of positive sizes")
@@ -155,8 +167,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.max_image_pixels >= 1, "data.max_image_pixels", d.max_image_pixels, ">= 1")
     if d.dataset == "coco_json":
-        _check(bool(d.ann_file) and bool(d.image_dir), "data.ann_file", d.ann_file,
-               "coco_json needs data.ann_file and data.image_dir (--ann FILE --images DIR)")
+        _check(bool(d.ann_file) == bool(d.image_dir), "data.image_dir", d.image_dir,
+               "a folder whenever data.ann_file is given (coco_json: --ann FILE --images DIR)")
+        _check(bool(d.ann_file or d.test_ann_file), "data.ann_file", d.ann_file,
+               "coco_json needs --ann FILE --images DIR (training) or data.test_ann_file (evaluation)")
     g = d.digits
     for key in ("canvas", "digit_size", "per_image"):
         lo_hi = g[key]
@@ -169,3 +183,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
 def load_det_config(path: Optional[str] = None, overrides: Iterable[str] = (), world_size: int = 1) -> Config:
     """Defaults ← YAML (``_base_`` chains) ← ``key=value`` overrides, then ``validate``."""
     return validate(load_config(DEFAULTS, path, overrides), world_size)
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` text that ``load_det_config`` parses back to ``value`` (floats like 1e-05 included)."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return f"{key}={text.removesuffix('...').strip()}"

@@ -78,6 +78,8 @@ def load_splits(cfg, names: Sequence[str], issues: DataIssues) -> DetectionSourc
 def train_source(cfg, issues: DataIssues) -> DetectionSource:
     d = cfg.data
     if d.dataset == "coco_json" and not d.train:
+        if not d.ann_file:
+            raise ValueError("coco_json training needs --ann FILE --images DIR (data.ann_file, data.image_dir)")
         return load_coco_json(Path(d.ann_file), Path(d.image_dir), issues)
     return load_splits(cfg, list(d.train) or DATASETS[d.dataset][0], issues)
 

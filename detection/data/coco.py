@@ -110,15 +110,17 @@ def load_coco_json(ann_file: Path, image_dir: Path, issues: DataIssues, name: Op
         area = ann.get("area", w * h)
         images[ann["image_id"]]["_objects"].append(
             ([x, y, x + w, y + h], cat_to_label[ann["category_id"]], int(bool(ann.get("iscrowd", 0))),
-             float(area) if isinstance(area, (int, float)) else w * h))
+             float(area) if isinstance(area, (int, float)) else w * h, f"annotations[{i}] (id {ann.get('id')})"))
     records = []
     for image_id, rec in images.items():
         objects = rec.pop("_objects")
+        names = None
         if objects:
-            boxes, labels, crowd, area = zip(*objects)
+            boxes, labels, crowd, area, names = zip(*objects)
             rec = make_record(image_id, rec["file"], rec["name"], rec["width"], rec["height"],
                               np.asarray(boxes, np.float32), labels, iscrowd=crowd, area=area)
-        records.append(sanitize_boxes(rec, issues, f"{where} image id {image_id} ({rec['name']})"))
+        records.append(sanitize_boxes(rec, issues, f"{where} image id {image_id} ({rec['name']})",
+                                      list(names) if names else None))
     return DetectionSource(name or ann_file.stem, "coco", records, cats, issues,
                            extra={"ann_files": [str(ann_file)]})
 

@@ -2,7 +2,8 @@
 
 scikit-learn's 8x8 handwritten digits (``load_digits``, 1797 images) are scaled to 12-40 px and painted, 1-4 per
 image, on textured canvases of 96-128 px. Everything is a pure function of the parameters (seed included), so two
-machines generate identical files. Train and val use disjoint digit samples. The folder holds PNG images and
+machines generate identical files. Train and val canvases draw from the pretraining stage's fixed digits split
+(1437 / 360, ``backbones.pretrain.datasets.digits``), so a digits-pretrained backbone never saw a val digit. The folder holds PNG images and
 ``instances_{train,val}.json`` and is read through the same COCO-format loader as any ``--ann/--images`` dataset.
 """
 import json
@@ -18,12 +19,13 @@ from PIL import Image
 from backbones.utils.atomic_io import atomic_write_json
 
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
+VERSION = 1  # bump when the rendering changes, so stale generated folders are not reused
 INK_THRESHOLD = 0.25  # a pixel is part of the digit (and of its box) where the ink alpha exceeds this
 
 
 def digits_folder_name(seed: int, num_train: int, num_val: int, canvas: Sequence[int], digit_size: Sequence[int],
                        per_image: Sequence[int]) -> str:
-    return (f"digits_s{seed}_n{num_train}-{num_val}_c{canvas[0]}-{canvas[1]}_d{digit_size[0]}-{digit_size[1]}"
+    return (f"digits_v{VERSION}_s{seed}_n{num_train}-{num_val}_c{canvas[0]}-{canvas[1]}_d{digit_size[0]}-{digit_size[1]}"
             f"_k{per_image[0]}-{per_image[1]}")
 
 
@@ -111,6 +113,9 @@ def generate_digits(root, seed: int = 0, num_train: int = 1000, num_val: int = 2
     interrupted runs never see a half-written dataset.
     """
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from backbones.pretrain.datasets.digits import DIGITS_SPLIT_SEED, DIGITS_VAL_SIZE
 
     params = {"seed": int(seed), "num_train": int(num_train), "num_val": int(num_val), "canvas": list(canvas),
               "digit_size": list(digit_size), "per_image": list(per_image)}
@@ -122,9 +127,9 @@ def generate_digits(root, seed: int = 0, num_train: int = 1000, num_val: int = 2
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
     try:
         digits = load_digits()
-        order = np.random.default_rng(seed).permutation(len(digits.target))
-        cut = int(0.75 * len(order))
-        pools = {"train": order[:cut], "val": order[cut:]}
+        train_idx, val_idx = train_test_split(np.arange(len(digits.target)), test_size=DIGITS_VAL_SIZE,
+                                              stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+        pools = {"train": np.sort(train_idx), "val": np.sort(val_idx)}
         for split, count, offset in (("train", num_train, 1), ("val", num_val, 2)):
             rng = np.random.default_rng([seed, offset])
             pool = pools[split]

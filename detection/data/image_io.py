@@ -79,9 +79,9 @@ def read_image(path: Path, expected_size: Optional[Tuple[int, int]], max_pixels:
     if expected_size is None or tuple(expected_size) == oriented.size:
         if oriented is not rgb:
             issues.append(("exif_rotated", file, f"EXIF orientation {orientation} applied"))
-        return np.asarray(oriented, dtype=np.uint8)
+        return np.array(oriented, dtype=np.uint8)
     if tuple(expected_size) == raw_size:
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.array(rgb, dtype=np.uint8)
     fail("size_mismatch", f"decoded size {oriented.size[0]}x{oriented.size[1]} differs from the annotation's "
                           f"{expected_size[0]}x{expected_size[1]} (width x height)")
     return None

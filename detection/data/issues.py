@@ -45,9 +45,11 @@ class DataIssues:
             raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
         self.verbose_first = verbose_first
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter()  # distinct problems per kind (a bad image met every epoch counts once)
+        self.occurrences: Counter = Counter()
         self.examples: Dict[str, List[str]] = {}
         self.stream = stream
+        self._seen = set()
 
     def error(self, kind: str, file: str, detail: str) -> None:
         """A data-losing problem: raise under ``raise``, otherwise count it (the caller skips the record)."""
@@ -63,11 +65,15 @@ class DataIssues:
         self._count(kind, file, detail)
 
     def record(self, issue: Issue) -> None:
-        """Count an issue reported by a DataLoader worker (already judged against the policy there)."""
+        """Count a problem reported by a DataLoader worker (already judged against the policy there)."""
         kind, file, detail = issue
         self._count(kind, file, detail)
 
     def _count(self, kind: str, file: str, detail: str) -> None:
+        self.occurrences[kind] += 1
+        if (kind, file, detail) in self._seen:
+            return
+        self._seen.add((kind, file, detail))
         self.counts[kind] += 1
         shown = self.examples.setdefault(kind, [])
         if len(shown) < self.verbose_first:
@@ -76,10 +82,24 @@ class DataIssues:
                 print(f"[resdet] warning: {file}: {detail} ({ERROR_KINDS[kind]})", file=self.stream or sys.stderr)
 
     def merge(self, other: "DataIssues") -> None:
-        for kind, n in other.counts.items():
-            self.counts[kind] += n
+        """Add another process's (or a checkpoint's) problems; problems both have seen count once."""
+        self.occurrences.update(other.occurrences)
+        for key in other._seen - self._seen:
+            self._seen.add(key)
+            self.counts[key[0]] += 1
+        for kind, examples in other.examples.items():
             shown = self.examples.setdefault(kind, [])
-            shown.extend(other.examples.get(kind, [])[: max(0, self.verbose_first - len(shown))])
+            shown.extend(e for e in examples[: max(0, self.verbose_first - len(shown))] if e not in shown)
+
+    def state_dict(self) -> dict:
+        return {"on_error": self.on_error, "problems": sorted(self._seen), "occurrences": dict(self.occurrences)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for kind, file, detail in state.get("problems", []):
+            if (kind, file, detail) not in self._seen:
+                self._seen.add((kind, file, detail))
+                self.counts[kind] += 1
+        self.occurrences.update(state.get("occurrences", {}))
 
     def as_dict(self) -> Dict[str, int]:
         return dict(sorted(self.counts.items()))
@@ -91,5 +111,8 @@ class DataIssues:
         lines = [f"[resdet] {title}: data issues (on_error={self.on_error}):"]
         for kind, n in sorted(self.counts.items()):
             what = ERROR_KINDS.get(kind) or REPAIR_KINDS.get(kind, kind)
-            lines.append(f"  {kind}: {n} — {what}; e.g. {self.examples[kind][0]}")
+            example = self.examples.get(kind)
+            times = self.occurrences.get(kind, n)
+            seen = f" ({times} times)" if times > n else ""
+            lines.append(f"  {kind}: {n}{seen} — {what}" + (f"; e.g. {example[0]}" if example else ""))
         return "\n".join(lines)

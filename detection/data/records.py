@@ -30,12 +30,16 @@ def make_record(image_id: int, file: str, name: str, width: Optional[int], heigh
     }
 
 
-def sanitize_boxes(record: dict, issues: DataIssues, where: str) -> dict:
-    """Clip boxes to the image and drop invalid ones (policy ``invalid_box``); returns the record, updated."""
+def sanitize_boxes(record: dict, issues: DataIssues, where: str, object_names: Optional[List[str]] = None) -> dict:
+    """Clip boxes to the image and drop invalid ones (policy ``invalid_box``); returns the record, updated.
+
+    ``object_names[i]`` names object i in messages (default "object i").
+    """
     boxes, w, h = record["boxes"], record["width"], record["height"]
     if len(boxes) == 0:
         return record
     keep = np.ones(len(boxes), bool)
+    names = object_names or [f"object {i}" for i in range(len(boxes))]
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         problem = None
         if not np.all(np.isfinite([x1, y1, x2, y2])):
@@ -49,10 +53,10 @@ def sanitize_boxes(record: dict, issues: DataIssues, where: str) -> dict:
             if cx2 <= cx1 or cy2 <= cy1:
                 problem = f"lies outside the {w}x{h} image"
             elif (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                issues.repair("clipped_box", where, f"box {i} {[x1, y1, x2, y2]} clipped to the {w}x{h} image")
+                issues.repair("clipped_box", where, f"{names[i]} box {[x1, y1, x2, y2]} clipped to the {w}x{h} image")
                 boxes[i] = (cx1, cy1, cx2, cy2)
         if problem:
-            issues.error("invalid_box", where, f"object {i} box (x1, y1, x2, y2) = {[x1, y1, x2, y2]} {problem}")
+            issues.error("invalid_box", where, f"{names[i]} box (x1, y1, x2, y2) = {[x1, y1, x2, y2]} {problem}")
             keep[i] = False
     if not keep.all():
         record = select_objects(record, keep)

@@ -1,0 +1,1 @@
+"""Detection training loop, inference/evaluation, and drawing of detections."""

@@ -1,0 +1,304 @@
+"""Detection training loop: iteration-based SGD, warm-up + step schedule, DDP, AMP, NaN guard, exact resume.
+
+Run folder: ``config.yaml``, ``metrics.jsonl`` + ``tb/`` (training lines ``iter, lr, loss, loss_classifier,
+loss_box_reg, loss_objectness, loss_rpn_box_reg``; evaluation lines ``eval/bbox/AP``, ``eval/bbox/AP50``, ...),
+``checkpoints/`` (``model_<iter>.pth``, last ``solver.keep_last`` kept), ``model_final.pth``, ``eval/`` (evaluation
+library outputs) and ``final.json``.
+
+Exact resume: the sample stream is a pure function of (seed, iteration) (``GroupedInfiniteBatchSampler``) and the
+checkpoint holds the model, optimiser, schedule, AMP scaler, NaN-guard state and every process's RNG state (the RPN
+and RoI samplers draw from torch's generator), so a resumed CPU run ends with the same weights as an uninterrupted
+one.
+"""
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from backbones.pretrain.schedule import LRSchedule
+from backbones.utils.atomic_io import atomic_write_json, atomic_write_text, check_writable
+from backbones.utils.checkpoint import CheckpointManager
+from backbones.utils.config import Config
+from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed,
+                                  linear_scaled_lr, per_process_batch)
+from backbones.utils.metrics_log import MetricsLogger
+from backbones.utils.numerics import NanGuard, assert_finite_state
+from backbones.utils.rng import get_rng_state, seed_everything, set_rng_state
+
+from ..config import validate
+from ..data import (DataIssues, DetectionDataset, GroupedInfiniteBatchSampler, TrainAugmentation, collate,
+                    test_source, train_source)
+from ..evaluation import flatten_metrics
+from ..model import build_detector
+from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
+from .evaluate import AMP_DTYPES, evaluate_model
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+FINAL_WEIGHTS = "model_final.pth"
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used as asked (already holds a run, or is not writable)."""
+
+
+def _log(message: str, info: DistInfo) -> None:
+    if info.is_main:
+        print(f"[resdet] {message}", file=sys.stderr, flush=True)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.SGD:
+    """SGD with biases in their own group (Fast R-CNN: bias lr x2, no weight decay); frozen parameters left out."""
+    s = cfg.solver
+    weights, biases = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (biases if name.endswith(".bias") else weights).append(p)
+    groups = [{"params": weights, "lr": lr, "weight_decay": s.weight_decay, "lr_factor": 1.0}]
+    if biases:
+        groups.append({"params": biases, "lr": lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias,
+                       "lr_factor": s.bias_lr_factor})
+    return torch.optim.SGD(groups, lr=lr, momentum=s.momentum)
+
+
+def _to_device(targets: List[dict], device) -> List[dict]:
+    return [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+            for t in targets]
+
+
+def _merged(seen: DataIssues) -> DataIssues:
+    """Every process's loader problems in one ``DataIssues`` (a collective: all processes call it)."""
+    merged = DataIssues(seen.on_error)
+    for part in all_gather_objects(seen):
+        merged.merge(part)
+    return merged
+
+
+class DetectionTrainer:
+    """One detection run; ``run()`` trains to ``solver.max_iter`` (or ``stop_after`` iterations) and reports.
+
+    Args:
+        cfg: resolved config (``load_det_config``).
+        output_dir: run folder.
+        resume: continue from the newest readable checkpoint (falling back to older ones when it is corrupt).
+        stop_after: stop with a checkpoint after this many iterations (time-limited jobs, tests).
+    """
+
+    def __init__(self, cfg: Config, output_dir, resume: bool = False, stop_after: Optional[int] = None):
+        self.cfg, self.output_dir, self.resume, self.stop_after = cfg, Path(output_dir), resume, stop_after
+
+    def run(self) -> Dict[str, Any]:
+        info = init_distributed(self.cfg.device)
+        try:
+            validate(self.cfg, info.world_size)
+            self._check_output_dir(info)
+            return self._run(info)
+        finally:
+            cleanup()
+
+    def _check_output_dir(self, info: DistInfo) -> None:
+        if not info.is_main:
+            return
+        try:
+            check_writable(self.output_dir)
+        except OSError as e:
+            raise RunFolderError(f"--output-dir: {e}") from e
+        if not self.resume and CheckpointManager(self.output_dir / "checkpoints").list():
+            raise RunFolderError(f"{self.output_dir} already holds checkpoints of a run; pass --resume to continue "
+                                 f"it or choose another --output-dir")
+
+    def _run(self, info: DistInfo) -> Dict[str, Any]:
+        self._setup(info)
+        logger = MetricsLogger(self.output_dir, enabled=info.is_main)
+        try:
+            if self.resume:
+                logger.resume_at(self.iteration)
+            if info.is_main:
+                atomic_write_text(self.output_dir / "config.yaml", self.cfg.dump())
+            self._train(info, logger)
+            if self.iteration < self.cfg.solver.max_iter:
+                return {"stopped_at": self.iteration, "checkpoint": self.last_good}
+            return self._finish(info, logger)
+        finally:
+            logger.close()
+
+    def _setup(self, info: DistInfo) -> None:
+        cfg, s, d = self.cfg, self.cfg.solver, self.cfg.data
+        self.started = time.time()
+        seed_everything(cfg.seed)
+        self.issues = DataIssues(d.on_error)  # found while building the datasets (re-found on resume)
+        self.seen = DataIssues(d.on_error)  # met by the loader during training (kept in checkpoints)
+        self.train_src = train_source(cfg, self.issues)
+        self.test_src = test_source(cfg, DataIssues(d.on_error))
+        if self.test_src is not None and self.test_src.class_names != self.train_src.class_names:
+            raise ValueError(f"test split {self.test_src.name} has other classes than {self.train_src.name}")
+        augmentation = TrainAugmentation(cfg.input.min_size_train, cfg.input.max_size_train, cfg.input.hflip_prob)
+        self.train_set = DetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
+                                          d.max_image_pixels, self.issues)
+        device = info.device
+        self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
+        self.net = self.model
+        if info.world_size > 1:
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.per_process = per_process_batch(s.ims_per_batch, info.world_size, "solver.ims_per_batch")
+        self.lr = linear_scaled_lr(s.base_lr, s.ims_per_batch, s.reference_batch) if s.reference_batch else s.base_lr
+        self.optimizer = build_optimizer(self.model, cfg, self.lr)
+        self.schedule = LRSchedule(self.lr, "step", s.steps, s.gamma, s.warmup_iters, s.warmup_factor, "linear")
+        self.amp_dtype = AMP_DTYPES[s.amp] if device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.guard = NanGuard(s.nan_policy, check_grads=not self.scaler.is_enabled())
+        self.manager = CheckpointManager(self.output_dir / "checkpoints", s.keep_last)
+        self.iteration, self.last_good = 0, None
+        if self.resume:
+            path, state = self.manager.load_latest()
+            if state is None:
+                _log(f"--resume: no readable checkpoint in {self.manager.folder}; starting from iteration 0", info)
+            else:
+                self._restore(state, info)
+                self.last_good = str(path)
+                _log(f"resumed from {path} at iteration {self.iteration}", info)
+        _log(f"{self.model.backbone_name} C4 on {self.train_src.name}: {len(self.train_set)} training images, "
+             f"{len(self.train_src.categories)} classes, lr {self.lr:g}, global batch {s.ims_per_batch} "
+             f"({info.world_size} process(es))", info)
+
+    def _loader(self, info: DistInfo) -> DataLoader:
+        d = self.cfg.data
+        groups = self.train_set.aspect_groups() if d.aspect_ratio_grouping else [0] * len(self.train_set)
+        sampler = GroupedInfiniteBatchSampler(groups, self.per_process, self.cfg.seed, info.rank, info.world_size,
+                                              self.iteration)
+        # A private generator keeps the DataLoader off the global RNG (restored on resume).
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
+                          pin_memory=info.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _save(self, info: DistInfo) -> str:
+        state = self._state(info)
+        if info.is_main:
+            checkpoint = detector_file(self.model, self.cfg, self.train_src.categories, state)
+            assert_finite_state(checkpoint["model"])
+            self.manager.save(checkpoint, self.iteration)
+        barrier()
+        return str(self.manager.path_for(self.iteration))
+
+    def _evaluate(self, info: DistInfo, logger: MetricsLogger, output_dir=None) -> Dict[str, Any]:
+        if self.test_src is None:
+            return {}
+        cfg = self.cfg
+        metrics = evaluate_model(self.model, self.test_src, info.device, output_dir, cfg.test.ims_per_batch,
+                                 cfg.data.num_workers, cfg.solver.amp, cfg.test.max_images, cfg.data.max_image_pixels)
+        logger.log(self.iteration, **flatten_metrics(metrics))
+        return metrics
+
+    def _train(self, info: DistInfo, logger: MetricsLogger) -> None:
+        cfg, s, device = self.cfg, self.cfg.solver, info.device
+        autocast = (lambda: torch.autocast(device.type, dtype=self.amp_dtype)) if self.amp_dtype else nullcontext
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        window = torch.zeros(len(LOSS_KEYS) + 2, dtype=torch.float64)  # loss terms, their sum, step count
+        window_start = time.time()
+        stop = s.max_iter if self.stop_after is None else min(s.max_iter, self.stop_after)
+        self.net.train()
+        batches = iter(self._loader(info))
+        with tqdm(total=s.max_iter, initial=self.iteration, disable=not info.is_main, dynamic_ncols=True,
+                  desc=f"{self.model.backbone_name} on {self.train_src.name}", file=sys.stderr) as progress:
+            while self.iteration < stop:
+                images, targets = next(batches)
+                for t in targets:
+                    for issue in t["issues"]:
+                        self.seen.record(issue)
+                images = [im.to(device, non_blocking=True) for im in images]
+                lr = self.schedule.lr(self.iteration)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_factor"]
+                with autocast():
+                    losses = self.net(images, _to_device(targets, device))
+                loss = sum(losses[k].float() for k in LOSS_KEYS)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if self.guard.step_ok(self.iteration + 1, loss, params, self.last_good):
+                    if s.clip_grad_norm > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    values = [float(losses[k].detach()) for k in LOSS_KEYS]
+                    window += torch.tensor([*values, sum(values), 1.0], dtype=torch.float64)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    _log(f"iteration {self.iteration + 1}: non-finite loss/gradient, step skipped "
+                         f"({self.guard.skipped_total} so far)", info)
+                self.iteration += 1
+                progress.update(1)
+                if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
+                    totals = all_reduce_sum(window.to(device)).cpu()
+                    count = max(float(totals[-1]), 1.0)
+                    means = {k: float(v) / count for k, v in zip(LOSS_KEYS, totals[:len(LOSS_KEYS)])}
+                    logger.log(self.iteration, lr=lr, loss=float(totals[-2]) / count, **means,
+                               time_per_iter=(time.time() - window_start) / s.log_period,
+                               skipped_steps=self.guard.skipped_total)
+                    progress.set_postfix(loss=f"{float(totals[-2]) / count:.3f}", lr=f"{lr:.3g}")
+                    window.zero_()
+                    window_start = time.time()
+                if cfg.test.eval_period and self.iteration % cfg.test.eval_period == 0 and self.iteration < s.max_iter:
+                    self._evaluate(info, logger)
+                    self.net.train()
+                if self.iteration % s.checkpoint_period == 0 or self.iteration == stop:
+                    self.last_good = self._save(info)
+
+    def _finish(self, info: DistInfo, logger: MetricsLogger) -> Dict[str, Any]:
+        cfg = self.cfg
+        metrics = self._evaluate(info, logger, self.output_dir / "eval")
+        self.issues.merge(_merged(self.seen))
+        summary = {
+            "backbone": self.model.backbone_name, "dataset": cfg.data.dataset, "train_splits": self.train_src.name,
+            "test_split": self.test_src.name if self.test_src is not None else None, "iters": self.iteration,
+            "checkpoint": str(self.output_dir / FINAL_WEIGHTS), "train_state": self.last_good,
+            "weights_source": cfg.model.weights, "weights_meta": self.model.weights_meta.to_dict(),
+            "metrics": {section: {k: v for k, v in values.items() if not k.startswith("per_class")}
+                        for section, values in metrics.items() if section != "meta"},
+            "lr": self.lr, "global_batch": cfg.solver.ims_per_batch, "world_size": info.world_size,
+            "skipped_steps": self.guard.skipped_total, "data_issues": self.issues.as_dict(), "seed": cfg.seed,
+            "wall_time_s": round(time.time() - self.started, 1),
+        }
+        if info.is_main:
+            assert_finite_state(self.model.state_dict())
+            save_detector(self.output_dir / FINAL_WEIGHTS, self.model, cfg, self.train_src.categories,
+                          {"metrics": summary["metrics"], "iters": self.iteration})
+            atomic_write_json(self.output_dir / "final.json", summary)
+            report = self.issues.summary(f"{self.train_src.name} (training)")
+            if report:
+                print(report, file=sys.stderr)
+            bbox = metrics.get("bbox", {})
+            ap = ", ".join(f"{k} {bbox[k]:.1f}" for k in ("AP", "AP50") if bbox.get(k) is not None)
+            _log(f"done: {ap or 'no evaluation'}; {self.output_dir / 'final.json'}", info)
+        barrier()
+        return summary
+
+    def _state(self, info: DistInfo) -> Dict[str, Any]:
+        return {
+            "format": TRAIN_STATE_FORMAT, "iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "nan_guard": self.guard.state_dict(),
+            "rng": all_gather_objects(get_rng_state()),  # every process's generators: each resumes its own
+            "world_size": info.world_size, "data_issues": _merged(self.seen).state_dict(),
+        }
+
+    def _restore(self, state: Dict[str, Any], info: DistInfo) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.guard.load_state_dict(state.get("nan_guard", {}))
+        if info.is_main:  # the checkpoint holds every process's loader problems
+            self.seen.load_state_dict(state.get("data_issues", {}))
+        rng = state["rng"]
+        if len(rng) != info.world_size:
+            _log(f"checkpoint was written by {len(rng)} process(es), now {info.world_size}: the run continues but "
+                 f"is no longer bit-identical to an uninterrupted one", info)
+        set_rng_state(rng[info.rank] if len(rng) == info.world_size else rng[0])
+        self.iteration = int(state["iteration"])

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Run a trained detector on images: detections as JSON and a PNG with the boxes drawn, one pair per image.
+
+    tools/infer.py --weights runs/detection/digits_resnet20/model_final.pth --image a.jpg b.png -o out/
+    tools/infer.py --weights model_final.pth --image photos/ --score-thresh 0.7
+
+Folders given to --image are searched (not recursively) for .jpg/.jpeg/.png/.bmp/.webp files. Images larger than
+--max-pixels are refused (decompression bombs). Writes OUT/<name>.json and OUT/<name>.png, plus OUT/detections.json
+with every image.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from backbones.utils.atomic_io import atomic_open, atomic_write_json  # noqa: E402
+from backbones.utils.checkpoint import CheckpointError  # noqa: E402
+from backbones.utils.config import ConfigError  # noqa: E402
+from backbones.utils.dist import resolve_device  # noqa: E402
+from detection.data import DataError  # noqa: E402
+from detection.data.image_io import read_image  # noqa: E402
+from detection.engine.visualize import detections_to_list, draw_detections  # noqa: E402
+from detection.model.io import load_detector  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="trained detector (model_final.pth from tools/train_det.py)")
+    parser.add_argument("--image", nargs="+", required=True, help="image files or folders")
+    parser.add_argument("-o", "--output-dir", default="inference", help="output folder (default: ./inference)")
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. input.min_size_test=800 model.roi_heads.nms_thresh=0.5")
+    return parser
+
+
+def image_paths(items):
+    paths = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(p)
+    if not paths:
+        raise FileNotFoundError(f"no images found in {list(items)}")
+    return paths
+
+
+def output_names(paths):
+    """Unique output stems: the file stem, with a counter where two inputs share one."""
+    names, used = [], {}
+    for p in paths:
+        n = used.get(p.stem, 0)
+        used[p.stem] = n + 1
+        names.append(p.stem if n == 0 else f"{p.stem}_{n}")
+    return names
+
+
+@torch.no_grad()
+def run(args) -> list:
+    model, cfg, categories = load_detector(args.weights, args.overrides)
+    device = resolve_device(args.device)
+    model.to(device)
+    out_dir = Path(args.output_dir)
+    results = []
+    paths = image_paths(args.image)
+    for path, name in zip(paths, output_names(paths)):
+        pixels = read_image(path, None, args.max_pixels, [], "raise")  # refuses bombs, corrupt and missing files
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0).to(device)
+        output = {k: v.cpu() for k, v in model([image])[0].items()}
+        dets = detections_to_list(output, categories, args.score_thresh)
+        record = {"image": str(path), "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+                  "detections": dets}
+        atomic_write_json(out_dir / f"{name}.json", record)
+        with atomic_open(out_dir / f"{name}.png", "wb") as f:
+            draw_detections(pixels, dets).save(f, format="PNG")
+        results.append(record)
+        print(f"{path}: {len(dets)} detection(s) -> {out_dir / (name + '.png')}", file=sys.stderr)
+    atomic_write_json(out_dir / "detections.json", results)
+    return results
+
+
+def main(args) -> int:
+    try:
+        run(args)
+        return 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, FileNotFoundError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
