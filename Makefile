@@ -27,7 +27,8 @@ test-fast: $(STAMP)
 
 # Main job on the embedded digits default; writes a report under runs/demo/.
 demo: $(STAMP)
-	$(PY) tools/model_info.py --arch resnet20 resnet56 plain56 resnet18 resnet50 resnet101 vgg16
+	$(PY) tools/model_info.py --arch resnet20 plain20 resnet50 resnet101 vgg16
+	$(PY) tools/study.py --config configs/study/digits.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -76,7 +76,10 @@ def plan(study) -> List[Step]:
         if run.pretrain.dataset:
             key = (run.backbone, run.pretrain.dataset, run.pretrain.config, tuple(run.pretrain.overrides))
             if key not in pretrained:
-                out = root / "pretrain" / f"{run.pretrain.dataset}_{run.backbone}_{len(pretrained)}"
+                name = f"{run.pretrain.dataset}_{run.backbone}"
+                taken = {p.name for p in pretrained.values()}
+                name = name if name not in taken else f"{name}_{len(pretrained)}"
+                out = root / "pretrain" / name
                 argv = [str(TOOLS / "pretrain.py"), "--arch", run.backbone, "--dataset", run.pretrain.dataset,
                         "--output-dir", str(out)]
                 if run.pretrain.config:
