@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,49 @@ def start_tool(tool: str, args: Sequence[str], env: Dict[str, str], log: Path) -
         handle.close()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(tool: str, args: Sequence[str], env: Dict[str, str], logs: Path, world_size: int = 2):
+    """Start ``world_size`` processes of one job by hand (torchrun's environment, no torchrun agent to clean up)."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(start_tool(tool, args, rank_env, logs / f"rank{rank}.log"))
+    return procs
+
+
+def torchrun_cmd(tool: str, args: Sequence[str], nproc: int = 2, max_restarts: int = 0) -> List[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "--max-restarts", str(max_restarts), "--monitor-interval", "0.2", str(TOOLS / tool), *map(str, args)]
+
+
+def worker_pid(agent_pid: int, rank: int) -> Optional[int]:
+    """The pid of torchrun worker ``rank`` among the children of the agent process ``agent_pid`` (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        if parent == agent_pid and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    return None
+
+
+def stop_all(procs: Sequence[subprocess.Popen]) -> None:
+    """Kill whatever is left of processes this test started (stopped ones included)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, proc: Optional[subprocess.Popen] = None,
              poll: float = 0.02) -> None:
     """Poll ``condition`` until true; fail naming ``what`` on timeout or when ``proc`` ended first."""
@@ -181,7 +225,11 @@ def run_main(tool: str, args: Sequence[str]) -> Tuple[int, str]:
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out):
         try:
-            code = module.main(module.get_args_parser().parse_args(list(map(str, args))))
+            argv = list(map(str, args))
+            if hasattr(module, "get_args_parser"):
+                code = module.main(module.get_args_parser().parse_args(argv))
+            else:  # tools whose main parses argv itself
+                code = module.main(argv)
         except SystemExit as e:  # argparse errors
             code = e.code
     return code, out.getvalue()

@@ -67,8 +67,26 @@ def init_distributed(device: str = "auto", backend: Optional[str] = None, timeou
         torch.cuda.set_device(target)
     if not dist.is_initialized():
         kwargs = {"device_id": target} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+        timeout = timedelta(seconds=timeout_s)
+        store = _attempt_store(world_size, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend, target)
+
+
+def _attempt_store(world_size: int, timeout: timedelta) -> Optional[dist.Store]:
+    """This torchrun attempt's view of the agent's store, or None outside torchrun.
+
+    torchrun keeps one store across ``--max-restarts`` attempts: without a per-attempt prefix the restarted processes
+    read the dead attempt's addresses and fail to connect, so a restart could never resume.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"resdet/attempt_{attempt}", store)
 
 
 def is_distributed() -> bool:
