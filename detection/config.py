@@ -101,7 +101,8 @@ DEFAULTS = {
         "keep_last": 3,
         "log_period": 20,
     },
-    "test": {"eval_period": 0, "ims_per_batch": 1, "max_images": 0},
+    "test": {"eval_period": 0, "ims_per_batch": 1, "max_images": 0,
+             "num_samples": 8},  # images saved with their detections in eval/samples.json (report sample grid)
 }
 
 
@@ -163,7 +164,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(s.ims_per_batch >= 1 and s.ims_per_batch % world_size == 0, "solver.ims_per_batch", s.ims_per_batch,
            f"a positive multiple of the world size ({world_size}); it is the global batch")
     _check(t.ims_per_batch >= 1, "test.ims_per_batch", t.ims_per_batch, ">= 1")
-    _check(t.eval_period >= 0 and t.max_images >= 0, "test.eval_period", t.eval_period, ">= 0")
+    _check(t.eval_period >= 0 and t.max_images >= 0 and t.num_samples >= 0, "test.eval_period", t.eval_period,
+           ">= 0 (and test.max_images, test.num_samples >= 0)")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.max_image_pixels >= 1, "data.max_image_pixels", d.max_image_pixels, ">= 1")
     if d.dataset == "coco_json":

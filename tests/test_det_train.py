@@ -58,6 +58,9 @@ def test_run_folder_contract(tmp_path):
         assert key in final
     assert final["iters"] == 6 and final["backbone"] == "resnet20" and "AP50" in final["metrics"]["bbox"]
     assert json.loads((out / "eval" / "metrics.json").read_text())["bbox"]["num_images"] == 4
+    samples = json.loads((out / "eval" / "samples.json").read_text())
+    assert len(samples["images"]) == 4 and samples["class_names"][0] == "0"
+    assert all((out / "eval" / entry["file"]).is_file() and entry["ground_truth"] for entry in samples["images"])
     state = load_checkpoint(out / "model_final.pth")
     assert state["format"] == "resdet-detector" and len(state["categories"]) == 10
     assert sorted(p.name for p in (out / "checkpoints").glob("model_*.pth")) == ["model_0000004.pth",

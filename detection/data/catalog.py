@@ -96,8 +96,8 @@ def test_split_names(cfg) -> List[str]:
 def test_source(cfg, issues: DataIssues) -> Optional[DetectionSource]:
     """The evaluation split, or None (``data.test: none``, or coco_json without ``test_ann_file``)."""
     d = cfg.data
-    if d.dataset == "coco_json" and not d.test:
-        if not d.test_ann_file:
+    if d.dataset == "coco_json":
+        if not d.test_ann_file or d.test == "none":
             return None
         return load_coco_json(Path(d.test_ann_file), Path(d.test_image_dir or d.image_dir), issues)
     names = test_split_names(cfg)

@@ -108,6 +108,8 @@ class DetectionDataset(Dataset):
             "image_id": record["image_id"],
             "issues": problems,
         }
+        if not self.train:  # ground truth as the evaluator sees it (sample grids)
+            target["difficult"] = torch.as_tensor(record["difficult"], dtype=torch.bool)
         return image, target
 
 

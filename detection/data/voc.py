@@ -78,7 +78,9 @@ def load_voc(data_root: Path, year: int, image_set: str, issues: DataIssues, cla
         raise FileNotFoundError(f"PASCAL VOC split {year} {image_set}: {list_file} not found.\n{VOC_LAYOUT}")
     ann_dir, img_dir = base / "Annotations", base / "JPEGImages"
     names = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-    has_annotations = ann_dir.is_dir() and any((ann_dir / f"{n}.xml").is_file() for n in names[:1])
+    # VOC2012 test ships without object annotations (evaluation server only), whatever XML files it holds.
+    has_annotations = (int(year), image_set) != (2012, "test") and ann_dir.is_dir() and \
+        any((ann_dir / f"{n}.xml").is_file() for n in names[:1])
     class_to_label = {n: i + 1 for i, n in enumerate(class_names)}
     records, seen = [], set()
     for index, name in enumerate(names):

@@ -14,7 +14,7 @@ from backbones.utils.dist import all_gather_objects, get_rank, get_world_size, i
 from ..config import as_override
 from ..data import DataIssues, DetectionDataset, DetectionSource, ShardedSequentialSampler, collate, test_source
 from ..data.records import coco_ground_truth
-from ..evaluation import COCOEvaluator, VOCEvaluator
+from ..evaluation import COCOEvaluator, VOCEvaluator, write_samples
 from ..model.io import load_detector
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,9 +53,9 @@ def build_evaluators(source: DetectionSource, output_dir=None) -> list:
 @torch.no_grad()
 def run_inference(model, dataset: DetectionDataset, device, batch_size: int = 1, num_workers: int = 0,
                   amp: str = "none", max_images: int = 0, progress: bool = False,
-                  issues: Optional[DataIssues] = None) -> Iterable[Tuple[List[int], List[Dict[str, torch.Tensor]]]]:
-    """Yield ``(image_ids, outputs)`` per batch for this process's shard; outputs are on the CPU, boxes in original
-    image pixels."""
+                  issues: Optional[DataIssues] = None) -> Iterable[Tuple[list, List[dict], List[Dict[str, torch.Tensor]]]]:
+    """Yield ``(images, targets, outputs)`` per batch of this process's shard: the dataset's CPU images and targets
+    and the model's outputs, on the CPU with boxes in original image pixels."""
     size = min(len(dataset), max_images) if max_images else len(dataset)
     sampler = ShardedSequentialSampler(size, get_rank(), get_world_size())
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -69,22 +69,22 @@ def run_inference(model, dataset: DetectionDataset, device, batch_size: int = 1,
                 for t in targets:
                     for issue in t["issues"]:
                         issues.record(issue)
-            images = [im.to(device, non_blocking=True) for im in images]
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                outputs = model(images)
+                outputs = model([im.to(device, non_blocking=True) for im in images])
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
                        for o in outputs]
-            yield [t["image_id"] for t in targets], outputs
+            yield images, targets, outputs
     finally:
         model.train(was_training)
 
 
 def evaluate_model(model, source: DetectionSource, device, output_dir=None, batch_size: int = 1,
                    num_workers: int = 0, amp: str = "none", max_images: int = 0, max_image_pixels: int = 178956970,
-                   progress: bool = False) -> Dict[str, Any]:
+                   progress: bool = False, num_samples: int = 0) -> Dict[str, Any]:
     """Run ``model`` on ``source`` and score it. Returns the metrics dict (``{"bbox": {...}}``, plus ``"voc"`` for
     VOC) on the main process and ``{}`` on the others; with ``output_dir`` the evaluation library writes
-    metrics.json, pr_curves.json and the results files there."""
+    metrics.json, pr_curves.json and the results files there, and ``samples.json`` with the first ``num_samples``
+    images of the main process (for the report's sample grid)."""
     if not source.has_annotations:
         print(f"[resdet] {source.name} has no public ground truth; nothing to score (submit results to the "
               f"evaluation server)", file=sys.stderr)
@@ -96,13 +96,18 @@ def evaluate_model(model, source: DetectionSource, device, output_dir=None, batc
                                  source.has_annotations, source.year, source.extra)
     evaluators = build_evaluators(source, output_dir)
     issues = DataIssues(source.issues.on_error)
-    for image_ids, outputs in run_inference(model, dataset, device, batch_size, num_workers, amp, 0, progress,
-                                            issues):
+    samples = {"images": [], "targets": [], "outputs": []}
+    for images, targets, outputs in run_inference(model, dataset, device, batch_size, num_workers, amp, 0, progress,
+                                                  issues):
         for evaluator in evaluators:
-            evaluator.process(image_ids, outputs)
+            evaluator.process([t["image_id"] for t in targets], outputs)
+        for key, values in (("images", images), ("targets", targets), ("outputs", outputs)):
+            samples[key].extend(values[: max(0, num_samples - len(samples[key]))])
     metrics = {}
     for evaluator in evaluators:
         metrics.update(evaluator.evaluate())
+    if output_dir is not None and samples["images"] and is_main_process():
+        write_samples(output_dir, samples["images"], samples["outputs"], samples["targets"], source.class_names)
     summary = issues.summary(f"{source.name} (inference)")
     if summary and is_main_process():
         print(summary, file=sys.stderr)
@@ -134,6 +139,7 @@ def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, 
         raise ValueError(f"{weights} was trained on classes {[c['name'] for c in categories][:10]}..., but "
                          f"{source.name} has {source.class_names[:10]}...; evaluate on data with the same classes")
     metrics = evaluate_model(model, source, info.device, output_dir, cfg.test.ims_per_batch, cfg.data.num_workers,
-                             cfg.solver.amp, max_images or cfg.test.max_images, cfg.data.max_image_pixels, progress)
+                             cfg.solver.amp, max_images or cfg.test.max_images, cfg.data.max_image_pixels, progress,
+                             cfg.test.num_samples)
     return metrics
 

@@ -190,7 +190,8 @@ class DetectionTrainer:
             return {}
         cfg = self.cfg
         metrics = evaluate_model(self.model, self.test_src, info.device, output_dir, cfg.test.ims_per_batch,
-                                 cfg.data.num_workers, cfg.solver.amp, cfg.test.max_images, cfg.data.max_image_pixels)
+                                 cfg.data.num_workers, cfg.solver.amp, cfg.test.max_images, cfg.data.max_image_pixels,
+                                 num_samples=cfg.test.num_samples if output_dir is not None else 0)
         logger.log(self.iteration, **flatten_metrics(metrics))
         return metrics
 
