@@ -19,6 +19,7 @@ DATASETS = ("voc07", "voc0712", "voc07++12", "coco", "coco_json", "digits")
 DEFAULTS = {
     "seed": 0,
     "device": "auto",
+    "dist_timeout_s": 1800,  # a collective waiting longer than this for a dead or hung process raises
     "model": {
         "backbone": "resnet50",
         # Any weights source of backbones.build_backbone (torchvision, timm, msra, a resdet checkpoint path), or null.
@@ -119,6 +120,7 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(h.pooler in ("align", "pool"), "model.roi_heads.pooler", h.pooler, "'align' or 'pool'")
     _check(s.nan_policy in ("stop", "skip"), "solver.nan_policy", s.nan_policy, "'stop' or 'skip'")
     _check(s.amp in ("none", "bf16", "fp16"), "solver.amp", s.amp, "'none', 'bf16' or 'fp16'")
+    _check(cfg.dist_timeout_s > 0, "dist_timeout_s", cfg.dist_timeout_s, "> 0 seconds")
     try:
         family = get_spec(m.backbone).family
     except KeyError as e:

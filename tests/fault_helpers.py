@@ -32,7 +32,8 @@ PRETRAIN_TINY = [
 # Detection: resnet20 C4 Faster R-CNN from scratch on 8 generated digit canvases of 48x64, no evaluation.
 DET_FLAGS = ["--dataset", "digits", "--backbone", "resnet20"]
 DET_TINY = [
-    "device=cpu", "solver.max_iter=12", "solver.steps=[8]", "solver.checkpoint_period=2", "solver.log_period=1",
+    "device=cpu", "solver.max_iter=12", "solver.steps=[8]", "solver.ims_per_batch=1", "solver.reference_batch=0",
+    "solver.base_lr=0.001", "solver.warmup_iters=0", "solver.checkpoint_period=2", "solver.log_period=1",
     "solver.keep_last=2", "data.digits.num_train=8", "data.digits.num_val=2", "data.digits.canvas=[48,64]",
     "data.digits.digit_size=[12,24]", "data.num_workers=0", "data.test=none", "input.min_size_train=[48]",
     "input.max_size_train=64", "input.min_size_test=48", "input.max_size_test=64",

@@ -91,13 +91,25 @@ def test_skip_policy_gives_up_after_consecutive_skips(tool, tmp_path, tmp_path_f
     assert not (run_dir / "model_final.pth").exists()
 
 
-def test_overflowing_update_is_never_checkpointed(tmp_path, tmp_path_factory, one_thread):
-    """lr 1e38: the first update turns the weights to Inf while its loss and gradients were finite; the checkpoint
-    guard refuses to write them."""
+@pytest.mark.parametrize("tool", TOOLS)
+def test_non_finite_weights_are_never_checkpointed(tool, tmp_path, tmp_path_factory, monkeypatch, one_thread):
+    """The 4th optimiser step leaves an Inf in the weights while its loss and gradients were finite (an overflowing
+    update); the checkpoint due right after it is refused, the one before stays the last."""
+    real_step = torch.optim.SGD.step
+    steps = {"n": 0}
+
+    def overflowing_step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", overflowing_step)
     run_dir = tmp_path / "run"
-    code, out = run_main("train_det.py", tool_args("train_det.py", run_dir, "solver.base_lr=1e38",
-                                                   "solver.checkpoint_period=1",
-                                                   data_root=shared_data_root(tmp_path_factory)))
+    code, out = run_main(tool, tool_args(tool, run_dir, data_root=shared_data_root(tmp_path_factory)))
     assert code == 1, out[-3000:]
     assert "holds NaN/Inf; refusing to write it to a checkpoint" in out
-    assert all_checkpoints_finite(run_dir) == []
+    assert all_checkpoints_finite(run_dir) == ["model_0000002.pth"]
+    assert (checkpoint_folder(tool, run_dir) / "last_checkpoint").read_text().strip() == "model_0000002.pth"

@@ -93,7 +93,7 @@ class DetectionTrainer:
         self.cfg, self.output_dir, self.resume, self.stop_after = cfg, Path(output_dir), resume, stop_after
 
     def run(self) -> Dict[str, Any]:
-        info = init_distributed(self.cfg.device)
+        info = init_distributed(self.cfg.device, timeout_s=self.cfg.dist_timeout_s)
         try:
             validate(self.cfg, info.world_size)
             self._check_output_dir(info)
