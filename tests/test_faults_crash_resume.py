@@ -58,6 +58,25 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tool, corrupt, tmp_pat
     assert load_checkpoint(folder / "model_0000012.pth")["iteration"] == 12  # rewritten whole
 
 
+@pytest.mark.parametrize("tool", TOOLS)
+def test_resume_removes_temp_files_of_a_killed_write(tool, tmp_path, tmp_path_factory, one_thread):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run(tool, tmp_path_factory), run_dir)
+    folder = checkpoint_folder(tool, run_dir)
+    half = (folder / "model_0000012.pth").read_bytes()[:1000]
+    stale = [".model_0000014.pth.a1b2c3.tmp", ".model_0000014.pth.sha256.d4e5.tmp", ".last_checkpoint.f6g7.tmp"]
+    for name in stale:
+        (folder / name).write_bytes(half)
+    (folder / ".notes.tmp").write_text("not ours")
+
+    code, out = run_main(tool, tool_args(tool, run_dir, data_root=shared_data_root(tmp_path_factory),
+                                         flags=["--resume"]))
+
+    assert code == 0, out[-3000:]
+    assert not [name for name in stale if (folder / name).exists()]
+    assert (folder / ".notes.tmp").read_text() == "not ours"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", TOOLS)
 def test_sigkill_then_resume_matches_uninterrupted_run(tool, tmp_path, tmp_path_factory):

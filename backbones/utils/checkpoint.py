@@ -60,6 +60,8 @@ class CheckpointManager:
     """
 
     PATTERN = re.compile(r"^model_(\d+)\.pth$")
+    # Temp files of atomic writes (atomic_io.atomic_open) that a killed process left behind.
+    STALE_TEMP = re.compile(r"^\.(model_\d+\.pth(\.sha256)?|last_checkpoint)\..+\.tmp$")
 
     def __init__(self, folder: PathLike, keep_last: int = 3):
         if keep_last < 1:
@@ -91,6 +93,9 @@ class CheckpointManager:
 
     def load_latest(self, map_location="cpu"):
         """Return ``(path, checkpoint)`` of the newest readable checkpoint, or ``(None, None)`` when there is none."""
+        if self.folder.is_dir():
+            for stale in [p for p in self.folder.iterdir() if self.STALE_TEMP.match(p.name)]:
+                stale.unlink(missing_ok=True)
         candidates = self.list()
         pointer = self.folder / "last_checkpoint"
         if pointer.is_file():
