@@ -49,9 +49,11 @@ def test_quick_inference_variants(quick_results):
     r = inference["resnet18"]
     assert r["multiply_adds"] > 0 and r["flops"] == 2 * r["multiply_adds"]
     assert r["rois_per_image"] and min(r["rois_per_image"]) > 0
-    expected = {"baseline", "inference_mode", "fold_bn", "fold_bn+channels_last"}
+    best = "fold_bn+channels_last+onednn+roi_align"
+    expected = {"baseline", "inference_mode", "fold_bn", "fold_bn+channels_last", "fold_bn+channels_last+onednn",
+                best, best + "+keep_freed_memory"}
     if quick_results["bf16_supported"]:
-        expected.add("fold_bn+channels_last+bf16")
+        expected.add(best + "+bf16")
     assert set(r["variants"]) == expected
     for v in r["variants"].values():
         assert v["s_per_image"] > 0
@@ -92,8 +94,8 @@ def test_gemm_callables_multiply_the_matrices():
     gen = torch.Generator().manual_seed(n)
     a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
     torch.testing.assert_close(fns["blas"](), a @ b)
-    if "onednn" in fns:  # the 1x1 convolution is the same n x n x n product, transposed
-        torch.testing.assert_close(fns["onednn"]().reshape(n, n), (a @ b).t(), rtol=1e-4, atol=1e-3)
+    if "onednn" in fns:
+        torch.testing.assert_close(fns["onednn"]().to_dense(), a @ b, rtol=1e-4, atol=1e-3)
 
 
 def test_generated_coco_case_looks_like_val2017():

@@ -15,6 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from backbones.blocks import Bottleneck
 from backbones.fuse import (FoldedBatchNorm2d, FrozenBNConv2d, find_conv_bn_pairs, fold_conv_bn,
                             fold_frozen_batchnorm, fuse_frozen_batchnorm_for_training)
+from backbones.fuse_onednn import OneDNNConv2d, OneDNNLinear, fuse_for_onednn, onednn_available
 from backbones.norm import freeze_batchnorm
 from detection.benchmark.detector_speed import build_benchmark_detector, random_boxes
 from detection.config import load_det_config
@@ -171,8 +172,12 @@ def test_optimized_detector_same_detections(backbone):
     model, image = _small_detector(backbone)
     with torch.no_grad():
         ref = model([image])[0]
-    for options in (dict(fold_bn=True, channels_last=False), dict(fold_bn=False, channels_last=True),
-                    dict(fold_bn=True, channels_last=True)):
+    for options in (dict(fold_bn=True, channels_last=False, onednn=False),
+                    dict(fold_bn=False, channels_last=True, onednn=False),
+                    dict(fold_bn=True, channels_last=True, onednn=False),
+                    dict(fold_bn=True, channels_last=False, onednn=True),
+                    dict(fold_bn=True, channels_last=True, onednn=True, cpu_roi_align=False),
+                    dict(fold_bn=True, channels_last=True, onednn=True, cpu_roi_align=True)):
         optimized = optimize_detector(model, **options)
         assert_same_detections(optimized([image])[0], ref)
     if backbone != "vgg16":  # VGG has no BN; a ResNet's trunk and head must have lost all of theirs
@@ -284,7 +289,7 @@ def _randomize_frozen_bn(model) -> None:
 
 def test_optimized_wrapper_type():
     model, image = _small_detector("resnet18")
-    optimized = optimize_detector(model, fold_bn=False, channels_last=False)
+    optimized = optimize_detector(model, fold_bn=False, channels_last=False, onednn=False, cpu_roi_align=False)
     assert isinstance(optimized, OptimizedDetector) and not optimized.training
     with torch.no_grad():
         ref = model([image])[0]
@@ -311,3 +316,79 @@ def _randomize_bn_stats(net) -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
+def test_onednn_fusion_of_resnet_blocks():
+    net = _bottleneck_net()
+    fold_frozen_batchnorm(net)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = net(x)
+        fused = fuse_for_onednn(net)
+        kinds = sorted((m.binary or "", m.unary) for m in fused.modules() if isinstance(m, OneDNNConv2d))
+        # stem conv+relu; per block conv1/conv2 + relu, conv3 + add + relu; the downsample conv alone
+        assert kinds == [("", "none")] + [("", "relu")] * 5 + [("add", "relu")] * 2
+        assert not any(isinstance(m, (nn.ReLU, nn.Conv2d)) for m in fused.modules())
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-5)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused.to(memory_format=torch.channels_last)(cl), ref, rtol=1e-5, atol=1e-5)
+
+
+class _ConvAddBroadcast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, bias):
+        return torch.relu(self.conv(x) + bias) + self.shared(self.shared(x))
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
+def test_onednn_fusion_broadcast_and_shared_layers():
+    net = _ConvAddBroadcast().eval()
+    x, bias = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 1)
+    with torch.no_grad():
+        ref = net(x, bias)
+        fused = fuse_for_onednn(net)
+        assert isinstance(fused.get_submodule("conv"), OneDNNConv2d) and fused.get_submodule("conv").binary == "add"
+        assert type(fused.get_submodule("shared")) is nn.Conv2d  # called twice: left as it was
+        torch.testing.assert_close(fused(x, bias), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
+def test_onednn_linear_relu_and_single_layers():
+    head = nn.Sequential(nn.Flatten(1), nn.Linear(32, 16), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(16, 8))
+    x = torch.randn(5, 2, 4, 4)
+    with torch.no_grad():
+        ref = head.eval()(x)
+        fused = fuse_for_onednn(head)
+        assert [m.unary for m in fused.modules() if isinstance(m, OneDNNLinear)] == ["relu", "none"]
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-5)
+        conv = nn.Conv2d(2, 3, 1)
+        assert isinstance(fuse_for_onednn(conv), OneDNNConv2d)
+        torch.testing.assert_close(fuse_for_onednn(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_separable_roi_align_equals_torchvision(aligned, sampling_ratio):
+    from torchvision.ops import roi_align
+
+    from detection.model.roi_align_cpu import roi_align_nhwc
+
+    gen = torch.Generator().manual_seed(10)
+    features = torch.randn(2, 16, 9, 13, generator=gen).contiguous(memory_format=torch.channels_last)
+    boxes = [random_boxes(gen, 12, 9 * 16, 13 * 16, min_side=4),
+             torch.tensor([[-30.0, -20, 50, 40], [150, 100, 260, 190], [0, 0, 208, 144], [3, 3, 4, 4],
+                           [100, 60, 100.5, 60.2], [-50, -50, -20, -20]])]
+    ref = roi_align(features, boxes, 7, 1 / 16, sampling_ratio, aligned)
+    out = roi_align_nhwc(features, boxes, 7, 1 / 16, sampling_ratio, aligned)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    half = roi_align_nhwc(features, boxes, 7, 1 / 16, sampling_ratio, aligned, out_dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref, rtol=1e-2, atol=1e-2)
+    empty = roi_align_nhwc(features, [boxes[0][:0], boxes[1][:2]], 7, 1 / 16, sampling_ratio, aligned)
+    torch.testing.assert_close(empty, ref[12:14], rtol=1e-5, atol=1e-5)

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from backbones.fuse_onednn import onednn_available
 from backbones.norm import freeze_batchnorm
 from detection.config import load_det_config
 from detection.model import build_detector
-from detection.model.optimize import optimize_detector, prepare_for_training
+from detection.model.optimize import keep_freed_memory, optimize_detector, prepare_for_training
 
 from .timing import interleaved
 
@@ -102,18 +103,45 @@ class _Plain:
 
 
 def inference_variants(model, bf16: bool, compile: bool) -> Dict[str, Callable]:
-    """Baseline (eager fp32 NCHW under no_grad, what detectron2/torchvision evaluation loops do) and each option."""
+    """Baseline (eager fp32 NCHW under no_grad, what detectron2/torchvision evaluation loops do) and each option,
+    added one at a time. ``onednn`` (fused oneDNN kernels), ``roi_align`` (``SeparableRoIAlign``) and
+    ``keep_freed_memory`` (glibc allocator) exist on CPUs only; bf16 is added to the best fp32 variant."""
+    device = next(model.parameters()).device
     variants = {
         "baseline": _Plain(model, torch.no_grad),
         "inference_mode": _Plain(model, torch.inference_mode),
-        "fold_bn": optimize_detector(model, fold_bn=True, channels_last=False),
-        "fold_bn+channels_last": optimize_detector(model, fold_bn=True, channels_last=True),
+        "fold_bn": optimize_detector(model, fold_bn=True, channels_last=False, onednn=False),
+        "fold_bn+channels_last": optimize_detector(model, fold_bn=True, channels_last=True, onednn=False),
     }
+    best = "fold_bn+channels_last"
+    if device.type == "cpu" and onednn_available():
+        variants["fold_bn+channels_last+onednn"] = optimize_detector(model, onednn=True, cpu_roi_align=False)
+        best = "fold_bn+channels_last+onednn+roi_align"
+        variants[best] = optimize_detector(model)
+    if device.type == "cpu" and keep_freed_memory(False):
+        variants[best + "+keep_freed_memory"] = _KeepFreedMemory(variants[best])
     if bf16:
-        variants["fold_bn+channels_last+bf16"] = optimize_detector(model, bf16=True)
+        variants[best + "+bf16"] = optimize_detector(model, bf16=True)
     if compile:
         variants["fold_bn+channels_last+compile"] = optimize_detector(model, compile=True)
+    if device.type == "cpu":  # every other variant runs with glibc's default allocator
+        variants = {k: v if isinstance(v, _KeepFreedMemory) else _KeepFreedMemory(v, False)
+                    for k, v in variants.items()}
     return variants
+
+
+class _KeepFreedMemory:
+    """Runs a variant with ``keep_freed_memory(keep)`` set for the call (a process-wide allocator setting)."""
+
+    def __init__(self, variant, keep: bool = True):
+        self.variant, self.keep, self.model = variant, keep, variant.model
+
+    def __call__(self, images):
+        keep_freed_memory(self.keep)
+        try:
+            return self.variant(images)
+        finally:
+            keep_freed_memory(False)
 
 
 def measure_inference(backbones: Sequence[str], device, size: Tuple[int, int], repeats: int, peaks: Dict[str, float],

@@ -1,15 +1,14 @@
 """Dense matrix-multiply throughput: the practical FLOP/s limit the other figures are compared with.
 
-On a CPU two libraries multiply matrices: ``torch.mm`` goes to the BLAS (MKL, which on AMD processors may not
-pick its AVX-512 kernels) and convolutions go to oneDNN. A 1×1 convolution over an NHWC ``[1, K, M/64, 64]``
-tensor with a ``[N, K, 1, 1]`` kernel *is* an M×K by K×N GEMM in oneDNN, so both are measured and the faster one is
-the limit: the detector's convolutions run in oneDNN, and comparing them with a slower BLAS would flatter them.
-On CUDA, ``torch.mm`` (cuBLAS) with TF32 off is the fp32 limit.
+On a CPU two libraries multiply matrices: ``torch.mm`` goes to the BLAS (MKL, which on AMD processors runs its
+AVX2 kernels: a third of what an AVX-512 core does) and the convolutions go to oneDNN. oneDNN's own matrix
+multiply (``torch._C._nn.mkldnn_linear`` on a oneDNN tensor, what ``torch.utils.mkldnn`` uses) is measured too,
+and the faster of the two is the limit: the detector's convolutions run in oneDNN, and comparing them with a
+slower BLAS would flatter them. On CUDA, ``torch.mm`` (cuBLAS) with TF32 off is the fp32 limit.
 """
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .timing import interleaved
 
@@ -22,10 +21,10 @@ def gemm_callables(device, dtype: torch.dtype, n: int) -> Dict[str, Callable[[],
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     fns = {"blas": lambda: torch.mm(a, b)}
-    if torch.device(device).type == "cpu" and n % 64 == 0 and torch.backends.mkldnn.is_available():
-        x = a.t().reshape(1, n, n // 64, 64).contiguous(memory_format=torch.channels_last)
-        w = b.t().reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-        fns["onednn"] = lambda: F.conv2d(x, w)
+    if (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch._C._nn, "mkldnn_linear")):
+        a_onednn, b_t = a.to_mkldnn(), b.t().contiguous()
+        fns["onednn"] = lambda: torch._C._nn.mkldnn_linear(a_onednn, b_t, None)  # a @ b_t.T = a @ b
     return fns
 
 

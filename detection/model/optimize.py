@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 
 from backbones.fuse import fold_frozen_batchnorm, fuse_frozen_batchnorm_for_training
+from backbones.fuse_onednn import fuse_for_onednn, onednn_available
 
 from .detector import FasterRCNNC4
+from .roi_align_cpu import SeparableRoIAlign
 
 
 def _to_float(value):
@@ -80,6 +82,44 @@ def fold_batchnorm(model: FasterRCNNC4) -> int:
     return sum(fold_frozen_batchnorm(part) for part in (model.backbone, model.roi_heads.box_head))
 
 
+def use_onednn_kernels(model: FasterRCNNC4) -> FasterRCNNC4:
+    """CPU inference: trunk, RPN conv and per-RoI head as oneDNN kernels with fused ReLU / add+ReLU
+    (``backbones.fuse_onednn``); run after ``fold_batchnorm``."""
+    out_channels = model.backbone.out_channels
+    model.backbone = fuse_for_onednn(model.backbone)
+    model.backbone.out_channels = out_channels  # torchvision's backbone contract
+    model.roi_heads.box_head = fuse_for_onednn(model.roi_heads.box_head)
+    head = model.rpn.head
+    head.conv = fuse_for_onednn(head.conv)
+    head.cls_logits, head.bbox_pred = fuse_for_onednn(head.cls_logits), fuse_for_onednn(head.bbox_pred)
+    return model
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc mallopt parameters
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+def keep_freed_memory(enable: bool = True) -> bool:
+    """glibc only, process-wide: serve large tensors from memory freed earlier instead of fresh ``mmap`` pages.
+
+    By default glibc gives every allocation above 128 KiB-32 MiB its own ``mmap`` and returns it on free, so each
+    forward pass page-faults (and the kernel zeroes) every large activation again: a C4 head's 60-240 MB tensors
+    cost ~10% of CPU inference in system time. ``enable=True`` turns mmap and trimming off (memory stays at its
+    peak); ``False`` restores glibc's documented defaults (with a static threshold: glibc's dynamic one cannot be
+    switched back on). Returns False where this is not glibc. Same idea as running under jemalloc or tcmalloc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    values = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2 ** 31 - 1} if enable else _GLIBC_DEFAULTS
+    return all(mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1 for k, v in values.items())
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matrix math is native here (CUDA compute capability >= 8, or a CPU with AVX512-BF16/AMX)."""
     device = torch.device(device)
@@ -130,12 +170,17 @@ def compile_parts(model: FasterRCNNC4, mode: Optional[str] = None, freezing: boo
 
 
 def optimize_detector(model: FasterRCNNC4, fold_bn: bool = True, channels_last: bool = True, bf16: bool = False,
-                      compile: bool = False, inplace: bool = False) -> OptimizedDetector:
+                      compile: bool = False, onednn: bool = True, cpu_roi_align: bool = True,
+                      inplace: bool = False) -> OptimizedDetector:
     """An inference-only copy of ``model`` with the chosen speed options.
 
     Args:
         fold_bn: fold frozen BN into the preceding convs (exact up to float rounding).
         channels_last: NHWC memory format for all convolutions.
+        onednn: on CPU, run convolutions/linears as oneDNN kernels with ReLU and residual add fused
+            (``use_onednn_kernels``); ignored on other devices, without oneDNN, and with ``compile``.
+        cpu_roi_align: on CPU, RoIAlign as per-RoI matrix products into NHWC memory
+            (``roi_align_cpu.SeparableRoIAlign``); RoIPool and other devices keep torchvision's kernels.
         bf16: bf16 autocast for the dense layers, with float32 box arithmetic (``add_low_precision_guards``).
             Changes the numbers slightly: measure accuracy before relying on it (docs/BENCHMARKS.md).
         compile: ``torch.compile`` the trunk and the per-RoI head (freezing the weights on CPU); the first calls
@@ -149,14 +194,23 @@ def optimize_detector(model: FasterRCNNC4, fold_bn: bool = True, channels_last: 
     model = (model if inplace else copy.deepcopy(model)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    device = next(model.parameters()).device
     if fold_bn:
         fold_batchnorm(model)
+    fused = onednn and not compile and device.type == "cpu" and onednn_available()
+    if fused:
+        use_onednn_kernels(model)
+    if cpu_roi_align and device.type == "cpu" and getattr(model.roi_heads.box_roi_pool, "kind", None) == "align":
+        model.roi_heads.box_roi_pool = SeparableRoIAlign(model.roi_heads.box_roi_pool,
+                                                         torch.bfloat16 if bf16 and fused else None)
     if channels_last:
         to_channels_last(model)
     if bf16:
         add_low_precision_guards(model)
+        if fused:  # the fused kernels take no autocast: give them bf16 weights (they cast their inputs)
+            for part in (model.backbone, model.roi_heads.box_head, model.rpn.head.conv):
+                part.to(torch.bfloat16)
     if compile:
-        device = next(model.parameters()).device
         compile_parts(model, freezing=device.type == "cpu")
     return OptimizedDetector(model, bf16=bf16)
 
