@@ -50,7 +50,7 @@ def test_dead_rank_makes_the_other_exit_non_zero(tool, tmp_path, tmp_path_factor
     assert elapsed < 60, f"rank 0 took {elapsed:.0f} s to notice the dead peer"
 
 
-@pytest.mark.parametrize("tool", ["pretrain.py"])
+@pytest.mark.parametrize("tool", TOOLS)
 def test_hung_rank_makes_the_other_exit_within_the_timeout(tool, tmp_path, tmp_path_factory):
     """SIGSTOP keeps rank 1's sockets open, so only the collective timeout can end rank 0's wait."""
     code, elapsed, log = _survivor_exit(tool, tmp_path, tmp_path_factory, signal.SIGSTOP, timeout_s=15)
@@ -93,6 +93,7 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(tool, tmp_path, tmp_p
         stop_all([agent])
     log = (tmp_path / "restarted.log").read_text()
     assert code == 0, f"seed {seed}\n{log[-3000:]}"
+    assert "--resume: no readable checkpoint in" in log  # the first attempt started from scratch
     assert f"resumed from {folder}" in log, f"seed {seed}: the restarted attempt did not resume\n{log[-3000:]}"
     assert_same_weights(run_dir / "model_final.pth", tmp_path / "straight" / "model_final.pth")
 
