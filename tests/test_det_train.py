@@ -176,3 +176,23 @@ def test_command_line_tools(tmp_path, capsys):
     assert infer("--weights", out / "model_final.pth", "--image", image, "--max-pixels", "100",
                  "-o", tmp_path / "infer2") == 1
     assert "exceeds" in capsys.readouterr().err and not (tmp_path / "infer2" / "000000.png").exists()
+
+
+def test_voc_split_is_scored_with_coco_and_devkit_metrics(tmp_path):
+    from test_det_data import voc_fixture
+
+    from detection.data import DataIssues
+    from detection.data.catalog import test_source
+    from detection.engine.evaluate import evaluate_model
+    from detection.model import build_detector
+
+    root = voc_fixture(tmp_path, image_set="test")
+    cfg = tiny(root, "data.dataset=voc07", "model.roi_heads.score_thresh=0.0")
+    source = test_source(cfg, DataIssues("skip"))
+    assert source.name == "voc_2007_test" and source.kind == "voc"
+    model = build_detector(cfg, num_classes=20)
+    metrics = evaluate_model(model, source, torch.device("cpu"), tmp_path / "eval", num_samples=2)
+    assert metrics["voc"]["num_images"] == 3 and metrics["bbox"]["num_images"] == 3
+    assert metrics["voc"]["num_positives"]["dog"] == 1 and metrics["voc"]["num_positives"]["cat"] == 0  # difficult
+    assert (tmp_path / "eval" / "voc_results" / "comp4_det_test_dog.txt").is_file()
+    assert len(json.loads((tmp_path / "eval" / "samples.json").read_text())["images"]) == 2

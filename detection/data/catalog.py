@@ -26,11 +26,12 @@ SPLITS = {
     "digits_val": ("digits", "val"),
 }
 
-# --dataset → (training splits, test split). VOC2012 test has no public ground truth (evaluation server only).
+# --dataset → (training splits, test split). VOC2012 test has no public ground truth (evaluation server only), so
+# 07++12 runs evaluate nothing by default; data.test=voc_2012_test runs the model there without scoring.
 DATASETS = {
     "voc07": (["voc_2007_trainval"], "voc_2007_test"),
     "voc0712": (["voc_2007_trainval", "voc_2012_trainval"], "voc_2007_test"),
-    "voc07++12": (["voc_2007_trainval", "voc_2007_test", "voc_2012_trainval"], "voc_2012_test"),
+    "voc07++12": (["voc_2007_trainval", "voc_2007_test", "voc_2012_trainval"], ""),
     "coco": (["coco_2017_train"], "coco_2017_val"),
     "digits": (["digits_train"], "digits_val"),
     "coco_json": ([], ""),
