@@ -1,6 +1,5 @@
 """Detection data: VOC XML and COCO JSON loaders on fixtures written here, the bad-data policy (skip|raise) for
 each fault, safe file names, augmentation, samplers and the digits generator."""
-import io
 import itertools
 import json
 import xml.etree.ElementTree as ET

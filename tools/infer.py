@@ -9,7 +9,6 @@ Folders given to --image are searched (not recursively) for .jpg/.jpeg/.png/.bmp
 with every image.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 

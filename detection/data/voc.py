@@ -33,7 +33,7 @@ def voc_image_id(name: str, fallback: int) -> int:
     return int(digits) if re.fullmatch(r"\d{1,18}", digits) else fallback
 
 
-def _text(node: ET.Element, path: str, xml_file: Path) -> str:
+def _text(node: ET.Element, path: str) -> str:
     found = node.find(path)
     if found is None or found.text is None:
         raise ValueError(f"missing <{path}>")
@@ -46,18 +46,18 @@ def parse_voc_xml(xml_file: Path, class_to_label: dict, issues: DataIssues):
         root = ET.parse(xml_file).getroot()
     except ET.ParseError as e:
         raise ValueError(f"not well-formed XML ({e})") from None
-    width, height = int(float(_text(root, "size/width", xml_file))), int(float(_text(root, "size/height", xml_file)))
+    width, height = int(float(_text(root, "size/width"))), int(float(_text(root, "size/height")))
     if width <= 0 or height <= 0:
         raise ValueError(f"<size> {width}x{height} is not a positive image size")
     boxes, labels, difficult = [], [], []
     for i, obj in enumerate(root.findall("object")):
-        name = _text(obj, "name", xml_file)
+        name = _text(obj, "name")
         if name not in class_to_label:
             issues.error("unknown_category", str(xml_file), f"object {i} has class {name!r}, not one of the "
                                                             f"{len(class_to_label)} dataset classes")
             continue
         try:
-            coords = [float(_text(obj, f"bndbox/{k}", xml_file)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            coords = [float(_text(obj, f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError as e:
             issues.error("invalid_box", str(xml_file), f"object {i} ({name}) has no usable <bndbox>: {e}")
             continue

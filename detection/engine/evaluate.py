@@ -2,14 +2,13 @@
 import contextlib
 import io
 import sys
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbones.utils.dist import all_gather_objects, get_rank, get_world_size, init_distributed, is_main_process
+from backbones.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
 
 from ..config import as_override
 from ..data import DataIssues, DetectionDataset, DetectionSource, ShardedSequentialSampler, collate, test_source
