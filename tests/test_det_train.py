@@ -196,3 +196,11 @@ def test_voc_split_is_scored_with_coco_and_devkit_metrics(tmp_path):
     assert metrics["voc"]["num_positives"]["dog"] == 1 and metrics["voc"]["num_positives"]["cat"] == 0  # difficult
     assert (tmp_path / "eval" / "voc_results" / "comp4_det_test_dog.txt").is_file()
     assert len(json.loads((tmp_path / "eval" / "samples.json").read_text())["images"]) == 2
+
+
+def test_results_do_not_depend_on_loader_workers(tmp_path):
+    for workers in (0, 2):
+        DetectionTrainer(tiny(tmp_path, f"data.num_workers={workers}", "solver.max_iter=3", "solver.steps=[3]",
+                              "data.test=none"), tmp_path / f"workers{workers}").run()
+    a, b = _final_state(tmp_path / "workers0"), _final_state(tmp_path / "workers2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
