@@ -46,3 +46,11 @@ def test_plot_errors(tmp_path, capsys):
     run = _fake_run(tmp_path / "a", "plain20", 0.5)
     with pytest.raises(ValueError, match="2 labels given for 1 runs"):
         plot_error_curves([run], tmp_path / "x.png", labels=["a", "b"])
+
+
+def test_panels_split_families(tmp_path):
+    runs = [_fake_run(tmp_path / n, n, 0.5) for n in ("plain20", "plain56", "resnet20")]
+    single = plot_error_curves(runs, tmp_path / "one.png")
+    double = plot_error_curves(runs, tmp_path / "two.png", panels=True)
+    with Image.open(single) as a, Image.open(double) as b:
+        assert b.size[0] > a.size[0] * 1.5  # two panels side by side

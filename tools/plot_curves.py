@@ -3,7 +3,7 @@
 and print their final.json figures as a Markdown table.
 
     tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \
-        -o docs/figures/digits_degradation.png --title "digits, 16×16"
+        -o docs/figures/digits_degradation.png --title "digits, 16×16" --panels
 """
 import argparse
 import sys
@@ -21,12 +21,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", help="legend labels, one per run (default: the arch)")
     parser.add_argument("--title", default="")
     parser.add_argument("--ymax", type=float, default=None, help="upper limit of the error axis")
+    parser.add_argument("--panels", action="store_true",
+                        help="one panel per architecture family (plain | resnet), as in the paper's Fig. 6")
     return parser
 
 
 def main(args) -> int:
     try:
-        path = plot_error_curves(args.runs, args.output, args.labels, args.title, args.ymax)
+        path = plot_error_curves(args.runs, args.output, args.labels, args.title, args.ymax, args.panels)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -216,9 +216,7 @@ class Trainer:
             if iteration % t.checkpoint_period == 0 or iteration == s.max_iter or iteration == self.stop_after:
                 last_good = str(save(iteration, epoch, batch_in_epoch))
         progress.close()
-        if iteration < s.max_iter:
-            if iteration % t.checkpoint_period and iteration != self.stop_after:
-                save(iteration, epoch, batch_in_epoch)
+        if iteration < s.max_iter:  # stopped by stop_after, with a checkpoint at that iteration
             logger.close()
             return {"stopped_at": iteration, "checkpoint": last_good}
 
