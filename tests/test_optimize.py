@@ -392,3 +392,24 @@ def test_separable_roi_align_equals_torchvision(aligned, sampling_ratio):
     torch.testing.assert_close(half.float(), ref, rtol=1e-2, atol=1e-2)
     empty = roi_align_nhwc(features, [boxes[0][:0], boxes[1][:2]], 7, 1 / 16, sampling_ratio, aligned)
     torch.testing.assert_close(empty, ref[12:14], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("saturate", [False, True])
+def test_one_level_proposal_filter_equals_torchvision(saturate):
+    from detection.model.optimize import _filter_proposals_one_level
+
+    model, _ = _small_detector("resnet18", ["model.rpn.pre_nms_top_n_test=1500", "model.rpn.post_nms_top_n_test=300"])
+    rpn = model.rpn.eval()
+    gen = torch.Generator().manual_seed(11)
+    n = 2000  # > 1000 boxes: torchvision takes its torch.unique path on CPU
+    xy = torch.rand(2, n, 2, generator=gen) * 300
+    wh = torch.rand(2, n, 2, generator=gen) * 120
+    proposals = torch.cat([xy, xy + wh], dim=2)
+    proposals[:, :20, 2:] = proposals[:, :20, :2] + 1e-4  # tiny boxes, removed by min_size
+    objectness = torch.randn(2, n, generator=gen) * (30 if saturate else 1)  # 30: sigmoid ties at 1.0
+    shapes = [(320, 400), (300, 280)]
+    ref = type(rpn).filter_proposals(rpn, proposals, objectness, shapes, [n])
+    out = _filter_proposals_one_level(rpn, proposals, objectness, shapes, [n])
+    for a, b in zip(out[0] + out[1], ref[0] + ref[1]):
+        assert torch.equal(a, b)
+    assert len(ref[0][0]) == 300

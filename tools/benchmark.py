@@ -9,7 +9,8 @@ Sections: (1) dense GEMM FLOP/s, fp32 and bf16 where supported — the practical
 s/image at 600x1000, batch 1, with counted multiply-adds → FLOP/s and fraction of (1), baseline vs each
 optimisation; (3) detector training s/iteration; (4) ResNet classification train/inference img/s at 224;
 (5) detection data loading img/s vs a torchvision-reference pipeline; (6) COCO evaluation time, fast path vs
-pycocotools with identical stats. Every comparison runs its variants interleaved (one call each per round) and
+pycocotools with identical stats; optionally (7) the AP of a trained detector plain, optimised and in bf16
+(--accuracy-weights). Every comparison runs its variants interleaved (one call each per round) and
 reports medians, so ratios hold even on a shared machine; the load average is recorded with each section.
 """
 import argparse
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from backbones.utils.atomic_io import atomic_write_text
+from detection.benchmark.accuracy import measure_accuracy
 from detection.benchmark.classification_speed import measure_classification
 from detection.benchmark.coco_speed import measure_coco_eval
 from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training
@@ -66,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", nargs="+", type=int, help="DataLoader worker counts (default 0 2)")
     p.add_argument("--coco-images", type=int, help="images in the generated COCO case (default 5000)")
     p.add_argument("--coco-repeats", type=int, help="rounds for the COCO comparison (default 2)")
+    p.add_argument("--accuracy-weights", metavar="MODEL",
+                   help="a trained detector (model_final.pth): also score it plain, optimised and in bf16 (AP)")
+    p.add_argument("--data-root", help="data root for --accuracy-weights (default: the one it was trained with)")
+    p.add_argument("--accuracy-images", type=int, default=0, help="score only the first N test images")
     return p
 
 
@@ -158,6 +164,12 @@ def print_tables(results: dict) -> None:
         for k, v in r["evaluators"].items():
             print(f"    {k:18s} {v['s']:8.2f} s  x{v['speedup_vs_pycocotools']:.1f}  "
                   f"max |stat diff| {v['max_abs_stat_difference']:.2e}")
+    if "accuracy" in results:
+        r = results["accuracy"]
+        print(f"\n(7) accuracy of the inference options: {r['backbone']} on {r['test_split']} ({r['num_images']} images)")
+        for k, v in r["variants"].items():
+            print(f"    {k:16s} AP {v['AP']:6.2f}  AP50 {v['AP50']:6.2f}  (AP {v['AP_delta_vs_fp32']:+.2f})  "
+                  f"{v['wall_s']:7.1f} s")
 
 
 def run(args) -> dict:
@@ -211,6 +223,10 @@ def run(args) -> dict:
     if "coco" in args.sections:
         results["coco"] = measure_coco_eval(s["coco_images"], s["coco_dets"], s["coco_repeats"], log=log)
         done("coco")
+    if args.accuracy_weights:
+        results["accuracy"] = measure_accuracy(args.accuracy_weights, device, args.data_root, args.accuracy_images,
+                                               log=log)
+        done("accuracy")
     results["wall_s"] = time.perf_counter() - started
     return results
 
