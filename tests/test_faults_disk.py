@@ -84,9 +84,11 @@ def test_failed_checkpoint_write_keeps_previous_checkpoints(tool, tmp_path, tmp_
 
     # Let the checkpoints at 2 and 4 be written, then make the one at 6 fail.
     _fail_after(monkeypatch, tool, 4, snapshot_then_fail)
-    with pytest.raises(OSError, match="No space left on device"):
-        run_main(tool, tool_args(tool, run_dir, data_root=data_root))
+    code, output = run_main(tool, tool_args(tool, run_dir, data_root=data_root))
     monkeypatch.undo()
+    assert code == 1  # one error line, not a traceback
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in output
 
     after = listing(folder)
     assert sorted(k for k in after if k.startswith("model_")) == [

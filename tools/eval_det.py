@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from detection.evaluation.coco import check_results, score_coco_results  # noqa: E402
 from detection.evaluation.outputs import format_metrics, write_metrics_sections  # noqa: E402
 from detection.evaluation.voc import score_voc  # noqa: E402
@@ -157,6 +158,6 @@ def main(args) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(get_args_parser().parse_args()))
-    except (FileNotFoundError, KeyError, ValueError) as err:  # bad input: one line, no traceback
+    except (OSError, KeyError, ValueError, CheckpointError) as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -98,7 +98,8 @@ def main(args) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, RunFolderError, CheckpointError, WeightsMismatchError, NonFiniteError, ValueError) as e:
+    except (DatasetError, RunFolderError, CheckpointError, WeightsMismatchError, NonFiniteError, ValueError,
+            OSError) as e:  # OSError: e.g. the disk filled up mid-run (the last good checkpoint is kept)
         print(f"error: {e}", file=sys.stderr)
         return 1
 

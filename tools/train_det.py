@@ -17,6 +17,7 @@ arguments override config keys (e.g. solver.max_iter=1000 model.roi_heads.pooler
 import argparse
 import json
 import sys
+from pickle import UnpicklingError
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,6 +26,7 @@ from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from backbones.utils.config import ConfigError  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
 from backbones.weights.keys import WeightsMismatchError  # noqa: E402
+from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
@@ -81,8 +83,8 @@ def main(args) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError, RunFolderError, CheckpointError, WeightsMismatchError, NonFiniteError,
-            ValueError, KeyError) as e:
+    except (DataError, OSError, RunFolderError, CheckpointError, WeightsMismatchError, WeightsFileError,
+            UnpicklingError, NonFiniteError, ValueError, KeyError) as e:  # OSError covers a full disk mid-run
         print(f"error: {e}", file=sys.stderr)
         return 1
 

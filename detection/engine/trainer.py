@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbones.pretrain.schedule import LRSchedule
-from backbones.utils.atomic_io import atomic_write_json, atomic_write_text, check_writable
+from backbones.utils.atomic_io import atomic_write_json, atomic_write_text
 from backbones.utils.checkpoint import CheckpointManager
 from backbones.utils.config import Config
 from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed,
@@ -30,6 +30,7 @@ from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, 
 from backbones.utils.metrics_log import MetricsLogger
 from backbones.utils.numerics import NanGuard, assert_finite_state
 from backbones.utils.rng import get_rng_state, seed_everything, set_rng_state
+from backbones.utils.run_dir import RunFolderError, prepare_run_dir
 
 from ..config import validate
 from ..data import (DataIssues, DetectionDataset, GroupedInfiniteBatchSampler, TrainAugmentation, collate,
@@ -41,10 +42,6 @@ from .evaluate import AMP_DTYPES, evaluate_model
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 FINAL_WEIGHTS = "model_final.pth"
-
-
-class RunFolderError(RuntimeError):
-    """The output folder cannot be used as asked (already holds a run, or is not writable)."""
 
 
 def _log(message: str, info: DistInfo) -> None:
@@ -104,13 +101,7 @@ class DetectionTrainer:
     def _check_output_dir(self, info: DistInfo) -> None:
         if not info.is_main:
             return
-        try:
-            check_writable(self.output_dir)
-        except OSError as e:
-            raise RunFolderError(f"--output-dir: {e}") from e
-        if not self.resume and CheckpointManager(self.output_dir / "checkpoints").list():
-            raise RunFolderError(f"{self.output_dir} already holds checkpoints of a run; pass --resume to continue "
-                                 f"it or choose another --output-dir")
+        prepare_run_dir(self.output_dir, self.resume, self.output_dir / "checkpoints")
 
     def _run(self, info: DistInfo) -> Dict[str, Any]:
         self._setup(info)
