@@ -30,5 +30,14 @@ demo: $(STAMP)
 	$(PY) tools/model_info.py --arch resnet20 plain20 resnet50 resnet101 vgg16
 	$(PY) tools/study.py --config configs/study/digits.yaml
 
+# The paper's degradation experiment at CPU scale (docs/PRETRAINING.md): plain20/56 vs resnet20/56 on digits.
+degradation: $(STAMP)
+	for a in plain20 plain56 resnet20 resnet56; do \
+	  OMP_NUM_THREADS=1 $(PY) tools/pretrain.py --config configs/pretrain/digits_$$a.yaml \
+	    --output-dir runs/digits/$$a --resume train.progress=false || exit 1; \
+	done
+	$(PY) tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \
+	  -o runs/digits/degradation.png --panels
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
