@@ -78,6 +78,18 @@ def test_quick_training_classification_loading_coco(quick_results):
     assert len(coco["stats_pycocotools"]) == 12
 
 
+def test_markdown_from_json(quick_results, tmp_path, capsys):
+    src, md = tmp_path / "r.json", tmp_path / "r.md"
+    src.write_text(json.dumps(quick_results))
+    tool = runpy.run_path(str(REPO / "tools" / "benchmark.py"))
+    assert tool["main"](["--from-json", str(src), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    for title in ("(1) Dense GEMM", "(2) resnet18-C4 inference", "(3) resnet18-C4 training", "(4) resnet18",
+                  "(5) Detection data loading", "(6) COCO evaluation"):
+        assert title in text
+    assert "fold_bn+channels_last" in text and "(6) COCO evaluation" in capsys.readouterr().out
+
+
 def test_interleaved_rotates_order_and_times_probe():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}

@@ -32,6 +32,7 @@ from detection.benchmark.coco_speed import measure_coco_eval
 from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training
 from detection.benchmark.gemm import gemm_probe, measure_gemm
 from detection.benchmark.loader_speed import measure_loading
+from detection.benchmark.report import markdown_tables
 from detection.model.optimize import bf16_supported
 
 SECTIONS = ("gemm", "inference", "training", "classification", "loading", "coco")
@@ -72,6 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a trained detector (model_final.pth): also score it plain, optimised and in bf16 (AP)")
     p.add_argument("--data-root", help="data root for --accuracy-weights (default: the one it was trained with)")
     p.add_argument("--accuracy-images", type=int, default=0, help="score only the first N test images")
+    p.add_argument("--markdown", metavar="OUT", help="also write the tables as Markdown (docs/BENCHMARKS.md)")
+    p.add_argument("--from-json", metavar="FILE", help="measure nothing: print the tables of an earlier --json")
     return p
 
 
@@ -233,8 +236,16 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    results = run(args)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        results = run(args)
     print_tables(results)
+    if args.markdown:
+        atomic_write_text(Path(args.markdown), markdown_tables(results) + "\n")
+        print(f"\nwrote {args.markdown}")
+    if args.from_json:
+        return 0
     text = json.dumps(results, indent=1)
     if args.json:
         atomic_write_text(Path(args.json), text + "\n")

@@ -71,7 +71,7 @@ def build_benchmark_detector(backbone: str, image: torch.Tensor, num_classes: in
                                  f"input.max_size_test={max(h, w)}", f"model.rpn.post_nms_top_n_test={rois}",
                                  *overrides])
     model = build_detector(cfg, num_classes, weights=None)
-    calibrate_batchnorm(model, image, seed)
+    calibrate_batchnorm(model, image.cpu(), seed)  # built on the CPU; the caller moves it
     return model.eval()
 
 
@@ -161,15 +161,15 @@ def measure_inference(backbones: Sequence[str], device, size: Tuple[int, int], r
         with torch.no_grad():
             flops = count_flops(lambda: model([image]))
         variants = inference_variants(model, bf16, compile)
-        rois: List[int] = []
+        roi_counts: List[int] = []
         for target in {id(v.model): v.model for v in variants.values()}.values():
-            RoICounter(target, rois)
+            RoICounter(target, roi_counts)
         log(f"[detector inference] {name}: {flops / 2e9:.1f} G multiply-adds; timing {list(variants)}")
         fns = {k: (lambda v=v: v([image])) for k, v in variants.items()}
         times = interleaved(fns, repeats, warmup=1, device=device, probe=probe[0] if probe else None)
         base = times["baseline"]["median"]
         result = {"multiply_adds": flops / 2, "flops": flops, "input_hw": [h, w], "batch": 1,
-                  "rois_per_image": sorted(set(rois)), "variants": {}}
+                  "rois_per_image": sorted(set(roi_counts)), "variants": {}}
         for k in variants:
             t = times[k]["median"]
             peak = peaks["bf16" if "bf16" in k else "fp32"]
