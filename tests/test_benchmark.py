@@ -58,7 +58,7 @@ def test_quick_inference_variants(quick_results):
     for v in r["variants"].values():
         assert v["s_per_image"] > 0
         assert v["flops_per_s"] == pytest.approx(r["flops"] / v["s_per_image"])
-        assert v["fraction_of_gemm_peak"] > 0 and v["speedup_vs_baseline"] > 0
+        assert 0 < v["fraction_of_gemm_peak"] <= v["fraction_of_probe_gemm"] and v["speedup_vs_baseline"] > 0
     assert r["variants"]["baseline"]["speedup_vs_baseline"] == 1.0
 
 
@@ -93,9 +93,9 @@ def test_markdown_from_json(quick_results, tmp_path, capsys):
 def test_interleaved_rotates_order_and_times_probe():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = interleaved(fns, repeats=3, warmup=0, probe=lambda: calls.append("probe"))
-    assert calls == ["a", "b", "c", "probe", "b", "c", "a", "probe", "c", "a", "b", "probe"]
-    assert set(times) == {"a", "b", "c", "_probe"} and all(t["n"] == 3 for t in times.values())
+    times = interleaved(fns, repeats=3, warmup=0, probes={"g": lambda: calls.append("probe")})
+    assert calls == ["probe", "a", "b", "c", "probe", "b", "c", "a", "probe", "c", "a", "b", "probe"]
+    assert set(times) == {"a", "b", "c", "_probe_g"} and all(t["n"] == 3 for t in times.values())
     with pytest.raises(ValueError):
         interleaved(fns, repeats=0)
 

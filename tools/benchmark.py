@@ -30,7 +30,7 @@ from detection.benchmark.accuracy import measure_accuracy
 from detection.benchmark.classification_speed import measure_classification
 from detection.benchmark.coco_speed import measure_coco_eval
 from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training
-from detection.benchmark.gemm import gemm_probe, measure_gemm
+from detection.benchmark.gemm import gemm_probes, measure_gemm
 from detection.benchmark.loader_speed import measure_loading
 from detection.benchmark.report import markdown_tables
 from detection.model.optimize import bf16_supported
@@ -135,7 +135,7 @@ def print_tables(results: dict) -> None:
             if isinstance(r, dict) and "peak_flops" in r:
                 print(f"  {dtype:5s} peak {_g(r['peak_flops'])} GFLOP/s  ({r['best']})")
     if "inference" in results:
-        print("\n(2) detector inference, batch 1 (s/image, GFLOP/s, fraction of GEMM peak, speed-up)")
+        print("\n(2) detector inference, batch 1 (s/image, GFLOP/s, fraction of the GEMM limit, speed-up)")
         for name, r in results["inference"].items():
             print(f"  {name}: {r['multiply_adds'] / 1e9:.1f} G multiply-adds at {r['input_hw']}, "
                   f"RoIs/image {r['rois_per_image']}")
@@ -203,7 +203,7 @@ def run(args) -> dict:
     gemm = measure_gemm(device, dtypes, s["gemm_sizes"], max(s["repeats"], 2))
     results["gemm"] = gemm  # always measured: every FLOP/s figure is compared with it
     peaks = {d: gemm[d]["peak_flops"] for d in dtypes}
-    probe = gemm_probe(device, gemm["fp32"]["best"])
+    probe = gemm_probes(device, gemm)
     done("gemm")
     if "inference" in args.sections:
         results["inference"] = measure_inference(s["backbones"], device, tuple(s["det_size"]), s["repeats"], peaks,

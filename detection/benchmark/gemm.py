@@ -46,8 +46,10 @@ def measure_gemm(device, dtype_names: Sequence[str], sizes: Sequence[int], repea
     return out
 
 
-def gemm_probe(device, best: str) -> Tuple[Callable[[], torch.Tensor], float]:
-    """The best fp32 GEMM again, as a probe timed beside other measurements; returns (callable, FLOP per call)."""
-    lib, n = best.split("@")
-    n = int(n)
-    return gemm_callables(device, torch.float32, n)[lib], 2.0 * n ** 3
+def gemm_probes(device, gemm: Dict[str, dict]) -> Dict[str, Tuple[Callable[[], torch.Tensor], float]]:
+    """Each dtype's best GEMM again, as probes timed beside other measurements: {dtype: (callable, FLOP per call)}."""
+    probes = {}
+    for name, result in gemm.items():
+        lib, n = result["best"].split("@")
+        probes[name] = (gemm_callables(device, DTYPES[name], int(n))[lib], 2.0 * int(n) ** 3)
+    return probes

@@ -31,12 +31,12 @@ def summarize(samples: List[float]) -> Dict[str, float]:
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device="cpu",
-                probe: Optional[Callable[[], object]] = None) -> Dict[str, Dict[str, float]]:
+                probes: Optional[Dict[str, Callable[[], object]]] = None) -> Dict[str, Dict[str, float]]:
     """Median wall time of each function over ``repeats`` rounds; each round calls every function once.
 
     The order rotates every round so no variant always runs first (right after a warm cache or a GC).
-    ``probe`` (e.g. a GEMM) is timed once per round too, under the key ``"_probe"``: it tracks how much of the
-    machine this process had while the variants ran.
+    ``probes`` (e.g. GEMMs) are timed once per round too, under the keys ``"_probe_<name>"``: they track how much
+    of the machine this process had while the variants ran.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -44,13 +44,15 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int 
     for name in names:
         for _ in range(warmup):
             fns[name]()
+    probes = probes or {}
     samples = {name: [] for name in names}
-    if probe is not None:
-        samples["_probe"] = []
+    for name, probe in probes.items():
+        probe()
+        samples[f"_probe_{name}"] = []
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             samples[name].append(time_call(fns[name], device))
-        if probe is not None:
-            samples["_probe"].append(time_call(probe, device))
+        for name, probe in probes.items():
+            samples[f"_probe_{name}"].append(time_call(probe, device))
     return {name: summarize(s) for name, s in samples.items()}
