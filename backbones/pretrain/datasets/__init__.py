@@ -1,0 +1,34 @@
+"""Classification datasets for pretraining: ImageNet-style class folders, CIFAR-10 (official batches), digits."""
+from typing import Tuple
+
+from torch.utils.data import Dataset
+
+from .cifar10 import Cifar10Dataset
+from .digits import DigitsDataset
+from .errors import DatasetError, DatasetNotFoundError
+from .imagenet import ImageFolderDataset
+
+DATASETS = ("imagenet", "cifar10", "digits")
+DEFAULT_ROOTS = {"imagenet": "datasets/imagenet", "cifar10": "datasets/cifar10", "digits": ""}
+
+
+def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: int = 0,
+                   digits_size: int = 16) -> Tuple[Dataset, Dataset]:
+    """(training set, validation set) of dataset ``name``; ``root`` "" means the default under ``datasets/``.
+
+    Validation is ImageNet's ``val``, CIFAR-10's ``test_batch`` (or the held-out part of the training batches when
+    ``holdout`` > 0) and the fixed 360-image digits split.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = root or DEFAULT_ROOTS[name]
+    if name == "imagenet":
+        train = ImageFolderDataset(root, "train", on_error)
+        return train, ImageFolderDataset(root, "val", on_error, classes=train.categories)
+    if name == "cifar10":
+        return Cifar10Dataset(root, "train", holdout), Cifar10Dataset(root, "val" if holdout else "test", holdout)
+    return DigitsDataset("train", digits_size), DigitsDataset("val", digits_size)
+
+
+__all__ = ["build_datasets", "DATASETS", "DatasetError", "DatasetNotFoundError", "Cifar10Dataset", "DigitsDataset",
+           "ImageFolderDataset"]
