@@ -6,7 +6,8 @@ BLAS path instead of oneDNN (``ConvParams::use_mkldnn``), and ``F.linear`` alway
 processors MKL's BLAS runs AVX2 kernels, so those layers run at a third of the core's speed. Fusing the ReLU and
 the residual add into the convolution's output stage also saves one or two full passes over every activation map
 and the allocation of the sum (the PyTorch ops ``mkldnn._convolution_pointwise`` / ``_linear_pointwise``, which
-``torch.compile`` uses on CPU).
+``torch.compile`` uses on CPU). With more than one thread the convolutions take PyTorch's own oneDNN path (then
+the faster of the two here) and add/ReLU in place; linears stay in oneDNN.
 
 ``fuse_for_onednn(module)`` traces ``module`` with ``torch.fx`` and returns a ``GraphModule`` computing the same
 function (up to float rounding). Run it after ``backbones.fuse.fold_frozen_batchnorm``: a conv followed by a BN is
@@ -45,6 +46,13 @@ class OneDNNConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x.to(self.weight.dtype)
+        if torch.get_num_threads() > 1:
+            # With several threads PyTorch's own conv already runs in oneDNN, and measured faster than the fused
+            # kernel (docs/BENCHMARKS.md); the add and ReLU then work in place on the fresh output.
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if self.binary is not None:
+                out = out.add_(other.to(out.dtype)) if other.shape == out.shape else out + other.to(out.dtype)
+            return out.relu_() if self.unary == "relu" else out
         if self.binary is None:
             return self._conv(x, self.unary)
         other = other.to(self.weight.dtype)

@@ -167,7 +167,7 @@ def assert_same_detections(out, ref):
     torch.testing.assert_close(out["scores"], ref["scores"], rtol=0, atol=2e-4)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "vgg16"])
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "vgg16", "resnet20"])
 def test_optimized_detector_same_detections(backbone):
     model, image = _small_detector(backbone)
     with torch.no_grad():
@@ -319,7 +319,9 @@ def _randomize_bn_stats(net) -> None:
 
 
 @pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
-def test_onednn_fusion_of_resnet_blocks():
+@pytest.mark.parametrize("threads", [1, 2])  # one thread: the fused kernels; more: conv + in-place add/ReLU
+def test_onednn_fusion_of_resnet_blocks(threads):
+    torch.set_num_threads(threads)
     net = _bottleneck_net()
     fold_frozen_batchnorm(net)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
@@ -346,7 +348,9 @@ class _ConvAddBroadcast(nn.Module):
 
 
 @pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
-def test_onednn_fusion_broadcast_and_shared_layers():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onednn_fusion_broadcast_and_shared_layers(threads):
+    torch.set_num_threads(threads)
     net = _ConvAddBroadcast().eval()
     x, bias = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 1)
     with torch.no_grad():
@@ -413,3 +417,16 @@ def test_one_level_proposal_filter_equals_torchvision(saturate):
     for a, b in zip(out[0] + out[1], ref[0] + ref[1]):
         assert torch.equal(a, b)
     assert len(ref[0][0]) == 300
+
+
+@pytest.mark.slow
+def test_compiled_detector_same_detections():
+    """torch.compile of the trunk and the head (inductor; minutes on a small CPU)."""
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("inductor needs a C++ compiler")
+    model, image = _small_detector("resnet18")
+    with torch.no_grad():
+        ref = model([image])[0]
+    assert_same_detections(optimize_detector(model, compile=True)([image])[0], ref)
