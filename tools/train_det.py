@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 """Train Faster R-CNN (C4) with a registered backbone on VOC, COCO, any COCO-format JSON, or the digits set.
 
-    # The paper's COCO experiment, ResNet-101, 8 GPUs:
-    torchrun --nproc_per_node 8 tools/train_det.py --dataset coco --backbone resnet101 --weights torchvision
-    # VOC 07+12 with VGG-16 (RoIPool 7x7 -> fc6/fc7), one GPU:
+    # The paper's COCO experiment (ResNet-101 C4, 8 images per batch, 240k + 80k iterations), 8 GPUs:
+    torchrun --nproc_per_node 8 tools/train_det.py --dataset coco --weights torchvision --data-root /data
+    # See the resolved config of a command without running it (no data needed):
+    tools/train_det.py --dataset coco --print-config
+    # VOC 07+12: ResNet-101 by default; --backbone vgg16 gives the VGG-16 baseline (RoIPool 7x7 -> fc6/fc7):
     tools/train_det.py --dataset voc0712 --backbone vgg16 --weights torchvision --data-root /data
     # Any COCO-format dataset:
     tools/train_det.py --dataset coco_json --ann train.json --images imgs/ --val-ann val.json --val-images imgs/ \\
         --backbone resnet50 --weights torchvision
     # CPU: pretrain -> detect on the generated digits set (see docs/DETECTION.md):
-    tools/train_det.py --dataset digits --backbone resnet20 --weights runs/pretrain/digits_resnet20/model_final.pth
+    tools/train_det.py --dataset digits --weights runs/pretrain/digits_resnet20/model_final.pth
 
-Without --config, configs/detection/<dataset>_<backbone>.yaml (or <dataset>_base.yaml) is used. Trailing key=value
-arguments override config keys (e.g. solver.max_iter=1000 model.roi_heads.pooler=pool).
+Without --backbone, the dataset's headline backbone of the paper is used (resnet101 for voc07, voc0712, voc07++12
+and coco; resnet20 for digits). Without --config, configs/detection/<dataset>_<backbone>.yaml (or
+<dataset>_base.yaml) is used. Precedence: defaults <- config file <- flags <- trailing key=value overrides (e.g.
+solver.max_iter=1000 model.roi_heads.pooler=pool).
 """
 import argparse
 import json
@@ -23,28 +27,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
-from backbones.utils.config import ConfigError  # noqa: E402
+from backbones.utils.config import ConfigError, override_value, resolved_config_text  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
 from backbones.weights.keys import WeightsMismatchError  # noqa: E402
 from backbones.weights.weight_files import WeightsFileError  # noqa: E402
-from detection.config import DATASETS, as_override, load_det_config  # noqa: E402
+from detection.config import DATASETS, DEFAULTS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "detection"
-
-
-def default_config_path(dataset: str, backbone: str):
-    for name in (f"{dataset}_{backbone}.yaml", f"{dataset}_base.yaml"):
-        if (CONFIG_DIR / name).is_file():
-            return CONFIG_DIR / name
-    return None
+from detection.paper_setups import default_backbone, default_config_path  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=DATASETS, help="sets data.dataset")
-    parser.add_argument("--backbone", help="registered backbone name (sets model.backbone)")
+    parser.add_argument("--backbone", help="registered backbone name (sets model.backbone; default: the paper's "
+                                           "backbone for the dataset)")
     parser.add_argument("--weights", help="backbone weights source: torchvision[:TAG], timm:..., msra:FILE, "
                                           "detectron2:FILE or a tools/pretrain.py checkpoint (sets model.weights)")
     parser.add_argument("--config", help="YAML config (default: configs/detection/<dataset>_<backbone>.yaml)")
@@ -56,25 +53,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-ann", help="coco_json: evaluation annotation file (sets data.test_ann_file)")
     parser.add_argument("--val-images", help="coco_json: evaluation image folder (sets data.test_image_dir)")
     parser.add_argument("--stop-after", type=int, help="stop with a checkpoint after this many iterations")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit (reads no data, writes no run folder)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.01")
     return parser
 
 
 def setup(args):
-    config = args.config
-    if config is None and args.dataset and args.backbone:
-        config = default_config_path(args.dataset, args.backbone)
+    """The resolved config and the file it was read from (None: defaults only)."""
     flags = ((args.dataset, "data.dataset"), (args.backbone, "model.backbone"), (args.weights, "model.weights"),
              (args.data_root, "data.root"), (args.ann, "data.ann_file"), (args.images, "data.image_dir"),
              (args.val_ann, "data.test_ann_file"), (args.val_images, "data.test_image_dir"))
-    # Explicit flags win over the file; applied as overrides so their types are checked too.
+    # Flags are applied as overrides (so their types are checked too), before the trailing ones, which win.
     overrides = [as_override(key, value) for value, key in flags if value] + list(args.overrides)
-    return load_det_config(str(config) if config else None, overrides)
+    config = args.config
+    if config is None:
+        dataset = override_value(overrides, "data.dataset", DEFAULTS["data"]["dataset"])
+        backbone = override_value(overrides, "model.backbone")
+        if not backbone and default_backbone(dataset):
+            backbone = default_backbone(dataset)
+            overrides.insert(0, as_override("model.backbone", backbone))
+        config = default_config_path(dataset, backbone or DEFAULTS["model"]["backbone"])
+    return load_det_config(str(config) if config else None, overrides), config
 
 
 def main(args) -> int:
     try:
-        cfg = setup(args)
+        cfg, config = setup(args)
+        if args.print_config:
+            print(resolved_config_text(cfg, "tools/train_det.py", config), end="")
+            return 0
         output_dir = args.output_dir or f"runs/detection/{cfg.data.dataset}_{cfg.model.backbone}"
         result = DetectionTrainer(cfg, output_dir, resume=args.resume, stop_after=args.stop_after).run()
         if "stopped_at" in result:

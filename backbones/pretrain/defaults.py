@@ -75,7 +75,7 @@ PRETRAIN_DEFAULTS = {
         "checkpoint_period": 5000,
         "keep_last": 3,
         "eval_period": 0,             # 0 = evaluate only at the end
-        "progress": True,             # tqdm progress bar on the main process
+        "progress": True,             # main process: a bar on a terminal, else one line per log period
         "dist_timeout_s": 1800,       # a collective waiting longer than this for a dead peer raises
     },
     "eval": {
@@ -89,6 +89,19 @@ PRETRAIN_DEFAULTS = {
         "max_images": 0,              # 0 = the whole validation set
     },
 }
+
+
+# The dataset each registry family is trained on in the paper: ImageNet (§3.4) for the ImageNet ResNets, plain nets
+# and VGG-16; CIFAR-10 (§4.2) for the 6n+2 nets. digits is this project's CPU stand-in, never a default.
+PAPER_DATASETS = {"imagenet_resnet": "imagenet", "vgg": "imagenet", "cifar_resnet": "cifar10"}
+
+
+def paper_dataset(arch: str) -> Optional[str]:
+    """The dataset ``arch``'s family is pretrained on in the paper; None for a name the registry does not know."""
+    try:
+        return PAPER_DATASETS[get_spec(arch).family]
+    except KeyError:
+        return None
 
 
 def default_config_path(dataset: str, arch: str) -> Optional[Path]:

@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..utils.dist import all_reduce_sum, get_rank, get_world_size
+from ..utils.progress import track
 from .transforms import EvalTransform
 
 
@@ -92,7 +92,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, protocol: str, mean: Sequ
     counts = torch.zeros(3, dtype=torch.float64)
     all_scores = []
     try:
-        for batch_views, labels in tqdm(loader, desc=f"eval {protocol}", disable=not progress, leave=False):
+        for batch_views, labels in track(loader, f"eval {protocol}", enabled=progress):
             scores = _scores(model, batch_views, protocol, flip, device, autocast, channels_last).cpu()
             if return_scores:
                 all_scores.append(scores)

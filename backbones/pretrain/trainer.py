@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..utils.atomic_io import atomic_write_json, atomic_write_text
 from ..utils.checkpoint import CheckpointManager, save_checkpoint
@@ -24,6 +23,7 @@ from ..utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, barrier,
                           linear_scaled_lr, per_process_batch)
 from ..utils.metrics_log import MetricsLogger
 from ..utils.numerics import NanGuard, assert_finite_state
+from ..utils.progress import TrainingProgress
 from ..utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 from ..utils.run_dir import prepare_run_dir
 from .datasets import build_datasets
@@ -155,8 +155,8 @@ class Trainer:
             return manager.path_for(at)
 
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        progress = tqdm(total=s.max_iter, initial=iteration, disable=not (t.progress and info.is_main),
-                        desc=f"{cfg.model.arch} on {cfg.data.dataset}", dynamic_ncols=True)
+        progress = TrainingProgress(s.max_iter, iteration, f"{cfg.model.arch} on {cfg.data.dataset}",
+                                    enabled=t.progress and info.is_main)
         loss_sum, loss_count = 0.0, 0
         net.train()
         data = iter(loader)
@@ -204,10 +204,11 @@ class Trainer:
                 mean_loss = loss_sum / loss_count if loss_count else float("nan")
                 logger.log(iteration, lr=current_lr, loss=mean_loss, train_err=window.error(), epoch=epoch,
                            skipped_steps=guard.skipped_total)
-                progress.set_postfix(loss=f"{mean_loss:.3f}", err=f"{window.error():.1f}", lr=f"{current_lr:.3g}")
+                progress.log(loss=mean_loss, err=window.error(), lr=current_lr)
                 loss_sum, loss_count = 0.0, 0
             if t.eval_period and iteration % t.eval_period == 0 and iteration < s.max_iter:
                 result = evaluate(model, val_set, device=device, amp_dtype=amp_dtype, channels_last=t.channels_last,
+                                  progress=t.progress and info.is_main,
                                   **eval_settings(cfg, cfg.eval.periodic_protocol or None))
                 logger.log(iteration, **{"eval/top1_err": result["top1_err"], "eval/top5_err": result["top5_err"]})
                 if schedule.observe_eval(result["top1_err"]):

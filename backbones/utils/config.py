@@ -39,6 +39,27 @@ class Config(dict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+class _InlineListDumper(yaml.SafeDumper):
+    """Mappings in blocks, lists on one line (``anchor_sizes: [64, 128, 256, 512]``)."""
+
+
+_InlineListDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+
+
+def resolved_config_text(cfg: Config, tool: str, path: Optional[Path]) -> str:
+    """``--print-config`` output: the resolved config as YAML (lists inline), headed by a comment naming the file."""
+    source = "(no file)"
+    if path is not None:
+        source = str(path)
+        try:
+            source = str(Path(path).resolve().relative_to(Path.cwd()))
+        except ValueError:  # outside the working directory: keep the path as given
+            pass
+    header = f"# {tool}: defaults <- {source} <- flags <- key=value overrides\n"
+    return header + yaml.dump(cfg.to_dict(), Dumper=_InlineListDumper, sort_keys=False, width=120)
+
+
 def _wrap(d: dict) -> Config:
     return Config({k: _wrap(v) if isinstance(v, dict) else v for k, v in d.items()})
 
@@ -126,6 +147,17 @@ def parse_override(text: str):
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
     return key.strip(), value
+
+
+def override_value(overrides: Iterable[str], key: str, default: Any = None) -> Any:
+    """The value the last ``key=value`` in ``overrides`` gives ``key`` (``default`` if none does); tools use it to
+    pick a config file before loading, e.g. from ``data.dataset``."""
+    value = default
+    for text in overrides:
+        name, parsed = parse_override(text)
+        if name == key:
+            value = parsed
+    return value
 
 
 def load_config(defaults: Dict[str, Any], path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:

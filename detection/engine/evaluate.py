@@ -6,9 +6,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from backbones.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
+from backbones.utils.progress import track
 
 from ..config import as_override
 from ..data import DataIssues, DetectionDataset, DetectionSource, ShardedSequentialSampler, collate, test_source
@@ -63,7 +63,7 @@ def run_inference(model, dataset: DetectionDataset, device, batch_size: int = 1,
     was_training = model.training
     model.eval()
     try:
-        for images, targets in tqdm(loader, disable=not progress, desc="inference", dynamic_ncols=True):
+        for images, targets in track(loader, "inference", enabled=progress and is_main_process()):
             if issues is not None:
                 for t in targets:
                     for issue in t["issues"]:

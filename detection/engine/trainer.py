@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from backbones.pretrain.schedule import LRSchedule
 from backbones.utils.atomic_io import atomic_write_json, atomic_write_text
@@ -29,6 +28,7 @@ from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, 
                                   linear_scaled_lr, per_process_batch)
 from backbones.utils.metrics_log import MetricsLogger
 from backbones.utils.numerics import NanGuard, assert_finite_state
+from backbones.utils.progress import TrainingProgress
 from backbones.utils.rng import get_rng_state, seed_everything, set_rng_state
 from backbones.utils.run_dir import RunFolderError, prepare_run_dir
 
@@ -182,6 +182,7 @@ class DetectionTrainer:
         cfg = self.cfg
         metrics = evaluate_model(self.model, self.test_src, info.device, output_dir, cfg.test.ims_per_batch,
                                  cfg.data.num_workers, cfg.solver.amp, cfg.test.max_images, cfg.data.max_image_pixels,
+                                 progress=info.is_main,
                                  num_samples=cfg.test.num_samples if output_dir is not None else 0)
         logger.log(self.iteration, **flatten_metrics(metrics))
         return metrics
@@ -195,8 +196,8 @@ class DetectionTrainer:
         stop = s.max_iter if self.stop_after is None else min(s.max_iter, self.stop_after)
         self.net.train()
         batches = iter(self._loader(info))
-        with tqdm(total=s.max_iter, initial=self.iteration, disable=not info.is_main, dynamic_ncols=True,
-                  desc=f"{self.model.backbone_name} on {self.train_src.name}", file=sys.stderr) as progress:
+        with TrainingProgress(s.max_iter, self.iteration, f"{self.model.backbone_name} on {self.train_src.name}",
+                              enabled=info.is_main) as progress:
             while self.iteration < stop:
                 images, targets = next(batches)
                 for t in targets:
@@ -232,7 +233,7 @@ class DetectionTrainer:
                     logger.log(self.iteration, lr=lr, loss=float(totals[-2]) / count, **means,
                                time_per_iter=(time.time() - window_start) / s.log_period,
                                skipped_steps=self.guard.skipped_total)
-                    progress.set_postfix(loss=f"{float(totals[-2]) / count:.3f}", lr=f"{lr:.3g}")
+                    progress.log(loss=float(totals[-2]) / count, lr=lr)
                     window.zero_()
                     window_start = time.time()
                 if cfg.test.eval_period and self.iteration % cfg.test.eval_period == 0 and self.iteration < s.max_iter:
