@@ -152,3 +152,19 @@ def test_det_defaults_and_overrides(empty_cwd):
     assert code == 0 and "(no file)" in header and cfg["model"]["backbone"] == "resnet50"  # no paper setup
     code, _, _, err = print_config("train_det.py", "--dataset", "coco", "solver.base_lr=-1")
     assert code == 2 and "solver.base_lr" in err
+
+
+@pytest.mark.parametrize("tool, argv, layout", [
+    ("pretrain.py", ["--arch", "resnet101"], "datasets/imagenet/train/<wnid>/*.JPEG"),
+    ("pretrain.py", ["--arch", "resnet110"], "datasets/cifar10/cifar-10-python.tar.gz"),
+    ("train_det.py", ["--dataset", "coco"], "coco/annotations/instances_{train,val}2014.json"),
+])
+def test_card_commands_without_data_stop_with_the_expected_layout(tool, argv, layout, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RESDET_DATASETS", raising=False)
+    module = tool_module(tool)
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = module.main(module.get_args_parser().parse_args([*argv, "train.device=cpu" if tool == "pretrain.py"
+                                                                 else "device=cpu"]))
+    assert code == 1 and layout in err.getvalue(), err.getvalue()

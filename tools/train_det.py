@@ -13,8 +13,7 @@
     # CPU: pretrain -> detect on the generated digits set (see docs/DETECTION.md):
     tools/train_det.py --dataset digits --weights runs/pretrain/digits_resnet20/model_final.pth
 
-Without --backbone, the dataset's headline backbone of the paper is used (resnet101 for voc07, voc0712, voc07++12
-and coco; resnet20 for digits). Without --config, configs/detection/<dataset>_<backbone>.yaml (or
+Without --backbone, the dataset's headline backbone of the paper is used (listed at the end). Without --config, configs/detection/<dataset>_<backbone>.yaml (or
 <dataset>_base.yaml) is used. Precedence: defaults <- config file <- flags <- trailing key=value overrides (e.g.
 solver.max_iter=1000 model.roi_heads.pooler=pool).
 """
@@ -34,11 +33,13 @@ from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, DEFAULTS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
-from detection.paper_setups import default_backbone, default_config_path  # noqa: E402
+from detection.paper_setups import DEFAULT_BACKBONES, default_backbone, default_config_path  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = ", ".join(f"{d}: {b}" for d, b in DEFAULT_BACKBONES.items())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"default backbones: {defaults}; coco_json: {DEFAULTS['model']['backbone']}")
     parser.add_argument("--dataset", choices=DATASETS, help="sets data.dataset")
     parser.add_argument("--backbone", help="registered backbone name (sets model.backbone; default: the paper's "
                                            "backbone for the dataset)")
