@@ -11,7 +11,7 @@
     tools/train_det.py --dataset coco_json --ann train.json --images imgs/ --val-ann val.json --val-images imgs/ \\
         --backbone resnet50 --weights torchvision
     # CPU: pretrain -> detect on the generated digits set (see docs/DETECTION.md):
-    tools/train_det.py --dataset digits --weights runs/pretrain/digits_resnet20/model_final.pth
+    tools/train_det.py --dataset digits --backbone resnet20 --weights runs/pretrain/digits_resnet20/model_final.pth
 
 Without --backbone, the dataset's headline backbone of the paper is used (listed at the end). Without --config, configs/detection/<dataset>_<backbone>.yaml (or
 <dataset>_base.yaml) is used. Precedence: defaults <- config file <- flags <- trailing key=value overrides (e.g.
