@@ -93,3 +93,9 @@ def test_pretraining_log_in_a_file(tmp_path):
     assert [int(m["iter"]) for m in lines] == [4, 8], text[-2000:]
     assert all(" | err " in m.group(0) for m in lines)  # pretraining also shows the running training error
     assert re.search(r"^eval single: 1/1 batches \| [\d.]+ s each$", text, re.M), text[-2000:]  # final evaluation
+
+
+def test_track_on_a_terminal_draws_a_transient_bar():
+    tty = FakeTerminal()
+    assert list(track(range(3), "inference", stream=tty)) == [0, 1, 2]
+    assert "\rinference:" in tty.getvalue() and "0/3 [" in tty.getvalue()  # a tqdm bar, cleared at the end

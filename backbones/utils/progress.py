@@ -90,8 +90,7 @@ def track(iterable: Iterable[T], desc: str, total: Optional[int] = None, unit: s
         yield from iterable
         return
     if is_terminal(stream):
-        yield from tqdm(iterable, desc=desc, total=total, unit=unit[:-1] if unit.endswith("s") else unit,
-                        dynamic_ncols=True, leave=False, file=stream)
+        yield from tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False, file=stream)
         return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
