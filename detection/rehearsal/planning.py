@@ -29,18 +29,21 @@ PAPER_TRAIN = ["model.anchor_sizes=[64,128,256,512]"]  # COCO anchors (4 scales)
 
 
 class SavedTensorBytes:
-    """Context manager: bytes of distinct storages autograd saves for backward inside it."""
+    """Context manager: bytes of distinct storages autograd saves for backward inside it, leaving out
+    ``parameters`` (their storages, and any tensor shaped like one)."""
 
-    def __init__(self, parameter_shapes=()):
+    def __init__(self, parameters=()):
         self.bytes = 0
         self._seen = set()
-        self._skip_shapes = {tuple(s) for s in parameter_shapes}
+        parameters = list(parameters)
+        self._skip_shapes = {tuple(p.shape) for p in parameters}
+        self._skip_storages = {p.untyped_storage().data_ptr() for p in parameters}
 
     def _pack(self, tensor: torch.Tensor):
         storage = tensor.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes())
-        if tuple(tensor.shape) in self._skip_shapes:
-            return tensor
+        if tuple(tensor.shape) in self._skip_shapes or storage.data_ptr() in self._skip_storages:
+            return tensor  # a weight (or a view, cast or BN-fused copy of one): per step, not per image
         if key not in self._seen and storage.data_ptr() != 0:
             self._seen.add(key)
             self.bytes += storage.nbytes()
@@ -70,7 +73,7 @@ def training_step_figures(backbone: str, size: Tuple[int, int], bf16: bool, coun
               "labels": torch.randint(1, num_classes + 1, (7,), generator=gen)}
     counter = FlopCounterMode(display=False) if count_flops else None
     torch.manual_seed(seed)
-    with SavedTensorBytes(p.shape for p in model.parameters()) as saved:
+    with SavedTensorBytes(model.parameters()) as saved:
         if counter is not None:
             counter.__enter__()
         try:
