@@ -34,7 +34,8 @@ def test_without_cuda_the_tool_says_so_and_does_nothing(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("gpu_check_tool", Path(__file__).parents[1] / "tools" / "gpu_check.py")
+    path = Path(__file__).parents[1] / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "gpu.json"

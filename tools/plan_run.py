@@ -6,7 +6,9 @@
 
 Measures multiply-adds per training image (FlopCounterMode) and activation memory per image in fp32 and bf16
 autocast for each backbone and size, then expected GPU memory per GPU and hours for the paper's schedules at an
-assumed achieved TFLOP/s. Several minutes per backbone and size on one CPU core.
+achieved TFLOP/s. The default assumption is calibrated on published speeds (detection.rehearsal.planning.calibrate:
+detectron2's R50-C4 V100 time against NVIDIA's ResNet-50 V100/A100 rates); make gpu-check measures the real one.
+Several minutes per backbone and size on one CPU core; --from-json reuses earlier measurements.
 """
 import argparse
 import json
@@ -16,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.utils.atomic_io import atomic_write_json, atomic_write_text  # noqa: E402
-from detection.rehearsal.planning import GPUS, markdown, plan, schedule_rows  # noqa: E402
+from detection.rehearsal.planning import GPUS, calibrate, markdown, plan, schedule_rows  # noqa: E402
 
 
 def _size(text: str):
@@ -28,10 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", nargs="+", default=["resnet50", "resnet101"])
     p.add_argument("--sizes", nargs="+", type=_size, default=[(600, 1000), (800, 1333)], help="HxW, e.g. 600x1000")
-    p.add_argument("--a100-tflops", type=float, default=GPUS["A100"]["assumed_tflops"],
-                   help="assumed achieved bf16 TFLOP/s per A100 for a C4 training step")
-    p.add_argument("--h100-tflops", type=float, default=GPUS["H100"]["assumed_tflops"],
-                   help="assumed achieved bf16 TFLOP/s per H100")
+    p.add_argument("--a100-tflops", type=float,
+                   help="achieved TFLOP/s per A100 for a C4 training step (default: calibrated, see --help)")
+    p.add_argument("--h100-tflops", type=float, help="the same for an H100 (default: calibrated)")
     p.add_argument("--json", help="write figures and rows here")
     p.add_argument("--markdown", help="write the tables here")
     p.add_argument("--from-json", help="measure nothing: recompute the tables from an earlier --json")
@@ -39,17 +40,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    gpus = {"A100": {**GPUS["A100"], "assumed_tflops": args.a100_tflops},
-            "H100": {**GPUS["H100"], "assumed_tflops": args.h100_tflops}}
-    if args.from_json:
-        figures = json.loads(Path(args.from_json).read_text())["figures"]
-    else:
-        figures = plan(args.backbones, args.sizes, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    earlier = json.loads(Path(args.from_json).read_text()) if args.from_json else {}
+    figures = earlier.get("figures") or plan(args.backbones, args.sizes, log=log)
+    calibration = earlier.get("calibration") or calibrate(log=log)
+    gpus = {"A100": {**GPUS["A100"], "assumed_tflops": args.a100_tflops or round(calibration["A100"])},
+            "H100": {**GPUS["H100"], "assumed_tflops": args.h100_tflops or round(calibration["H100"])}}
     rows = schedule_rows(figures, gpus=gpus)
     text = markdown(figures, rows, gpus)
     print(text)
+    print("calibration: " + json.dumps({k: round(v, 3) for k, v in calibration.items()}))
     if args.json:
-        atomic_write_json(args.json, {"figures": figures, "rows": rows, "gpus": gpus})
+        atomic_write_json(args.json, {"figures": figures, "calibration": calibration, "rows": rows, "gpus": gpus})
     if args.markdown:
         atomic_write_text(args.markdown, text)
     return 0

@@ -228,7 +228,8 @@ def run_gpu_check(acc: Accelerator, plan: dict = FULL, log=print) -> dict:
 
 def table(result: dict) -> str:
     lines = [f"device: {result['device']}  (bf16: {result['bf16']}; wall {result['wall_s']} s)", "",
-             "| what | precision | s/iter or s/image | images/s | TFLOP/s | peak GiB |", "|---|---|---:|---:|---:|---:|"]
+             "| what | precision | s/iter or s/image | images/s | TFLOP/s | peak GiB |",
+             "|---|---|---:|---:|---:|---:|"]
     for backbone, r in result["training"].items():
         for precision, v in r.items():
             lines.append(f"| train {backbone}-C4, {result['plan']['images_per_gpu']} img/GPU | {precision} | "

@@ -325,7 +325,8 @@ class Rehearsal:
                 "generate": round((p.train_images + p.val_images) / self.phases["generate"], 1)
                 if self.phases.get("generate") else None,
                 "train": round(train_ips, 2) if train_ips else None,
-                "eval_2proc": round(p.val_images / self.phases["eval_2proc"], 2) if self.phases.get("eval_2proc") else None,
+                "eval_2proc": (round(p.val_images / self.phases["eval_2proc"], 2)
+                               if self.phases.get("eval_2proc") else None),
                 "eval_1proc": round(p.val_images / eval_seconds[p.val_images], 2),
             },
             "final_AP": final["metrics"].get("bbox", {}).get("AP"),

@@ -36,7 +36,8 @@ def markdown_section(summary: dict) -> str:
         "|---|---|---|",
         f"| memory growth over training after warm-up (< {mem['limit_pct']:g}%) | {_ok(mem)} | "
         f"{_fmt(mem.get('growth_pct'), 2)}% ({_fmt(mem.get('after_warmup_mb'))} → {_fmt(mem.get('end_mb'))} MB "
-        f"{s['memory_kind'] or ''} of the process tree; peak over the whole rehearsal {_fmt(s['peak_memory_mb'])} MB) |",
+        f"{s['memory_kind'] or ''} of the process tree; peak over the whole rehearsal "
+        f"{_fmt(s['peak_memory_mb'])} MB) |",
         f"| evaluation identical with 1 and {s['nproc']} processes | {_ok(c['eval_equal_across_world_sizes'])} | "
         f"AP {c['eval_equal_across_world_sizes']['AP']}; results files identical: "
         f"{c['eval_equal_across_world_sizes']['results_files_identical']} |",
