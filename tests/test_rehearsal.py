@@ -2,6 +2,7 @@
 through the real tools, clean and with a planted leak and a planted rank-dependent evaluation."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -80,7 +81,7 @@ def test_generated_split_has_coco_shape(tmp_path):
 
 
 def test_tree_memory_reads_this_process():
-    m = tree_memory(__import__("os").getpid())
+    m = tree_memory(os.getpid())
     assert m["processes"] >= 1 and m["bytes"] > 10 * 2 ** 20
 
 
@@ -88,16 +89,16 @@ def test_tree_memory_reads_this_process():
 
 
 def test_planted_quadratic_index_trips_the_linearity_check(tmp_path, monkeypatch):
-    plan = dataclasses.replace(QUICK, index_repeats=1)
+    plan = dataclasses.replace(QUICK, index_sizes=(500, 2000), index_repeats=1)
     rehearsal = Rehearsal(tmp_path, plan, log=lambda *_: None)
     made = []
     real_make_record = coco_module.make_record
 
-    def make_record_with_linear_duplicate_scan(image_id, *args, **kwargs):
-        # The classic bug: "is this id new?" answered by scanning everything made so far.
-        if any(r["image_id"] == image_id and r["boxes"] is None for r in made):
-            raise AssertionError("unreachable")
-        record = real_make_record(image_id, *args, **kwargs)
+    def make_record_with_linear_duplicate_scan(image_id, file, name, *args, **kwargs):
+        # The classic bug: "is this file new?" answered by scanning (and normalising) everything made so far.
+        if any(os.path.basename(r["file"]) == name and r["image_id"] != image_id for r in made):
+            raise AssertionError("unreachable: names are unique")
+        record = real_make_record(image_id, file, name, *args, **kwargs)
         made.append(record)
         return record
 
