@@ -181,7 +181,7 @@ class Rehearsal:
                    "--output-dir", str(self.run_dir), f"solver.max_iter={p.iterations}",
                    f"solver.steps=[{int(p.iterations * 0.75)}]", f"solver.checkpoint_period={p.checkpoint_period}",
                    f"solver.log_period={p.log_period}", f"solver.ims_per_batch={2 * p.nproc}", f"seed={p.seed}",
-                   "solver.keep_last=100", *p.overrides]
+                   "solver.keep_last=100", "device=cpu", *p.overrides]  # a CPU rehearsal, even next to a GPU
         return command + (["--resume"] if resume else [])
 
     @property
