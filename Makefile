@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo degradation clean
+.PHONY: install test test-fast demo degradation rehearsal gpu-check plan-run clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ degradation: $(STAMP)
 	done
 	$(PY) tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \
 	  -o runs/digits/degradation.png --panels
+
+# COCO-scale rehearsal on the CPU: 5,000 + 5,000 generated images through train_det.py with 2 processes, a kill and
+# --resume, evaluation across ranks and in one process, the report, memory/scaling checks (docs/BENCHMARKS.md).
+rehearsal: $(STAMP)
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) tools/rehearse.py -o runs/rehearsal
+
+# A lent GPU, <= 8 minutes: AMP training steps of R50/R101-C4, inference fp32/bf16, ResNet-50 classification,
+# bf16-vs-fp32 boxes (runs/gpu_check.json). Without CUDA it says so and does nothing.
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py --json runs/gpu_check.json
+
+# Planning figures for the paper's runs (docs/DETECTION.md): multiply-adds and activation memory, measured on the CPU.
+plan-run: $(STAMP)
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) tools/plan_run.py --json runs/plan_run.json --markdown runs/plan_run.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
