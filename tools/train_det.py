@@ -30,6 +30,7 @@ from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
+from detection.model.init_detector import architecture_overrides  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
@@ -55,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", help="coco_json: training image folder (sets data.image_dir)")
     parser.add_argument("--val-ann", help="coco_json: evaluation annotation file (sets data.test_ann_file)")
     parser.add_argument("--val-images", help="coco_json: evaluation image folder (sets data.test_image_dir)")
+    parser.add_argument("--init-detector", metavar="FILE",
+                        help="start from a resdet detector file (trunk, RPN, head; its architecture is taken, the "
+                             "class predictor re-initialised when the classes differ), e.g. a converted COCO model")
     parser.add_argument("--stop-after", type=int, help="stop with a checkpoint after this many iterations")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.01")
     return parser
@@ -62,13 +66,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def setup(args):
     config = args.config
-    if config is None and args.dataset and args.backbone:
-        config = default_config_path(args.dataset, args.backbone)
+    init = architecture_overrides(args.init_detector) if args.init_detector else []
+    backbone = args.backbone or next((o.split("=", 1)[1] for o in init if o.startswith("model.backbone=")), None)
+    if config is None and args.dataset and backbone:
+        config = default_config_path(args.dataset, backbone)
     flags = ((args.dataset, "data.dataset"), (args.backbone, "model.backbone"), (args.weights, "model.weights"),
              (args.data_root, "data.root"), (args.ann, "data.ann_file"), (args.images, "data.image_dir"),
              (args.val_ann, "data.test_ann_file"), (args.val_images, "data.test_image_dir"))
     # Explicit flags win over the file; applied as overrides so their types are checked too.
     overrides = [as_override(key, value) for value, key in flags if value] + list(args.overrides)
+    overrides = init + overrides  # the --init-detector architecture first: explicit flags and key=value still win
     return load_det_config(str(config) if config else None, overrides)
 
 
