@@ -3,6 +3,7 @@ runs the same files through real detectron2 where it is importable).
 
 detectron2-format files are written from the key names and shapes of its real R50-C4/R101-C4 models
 (tests/data/detectron2_keys, dumped from detectron2@02b5c4e)."""
+import functools
 import math
 import pickle
 import sys
@@ -44,6 +45,12 @@ def d2_keys(name):
 
 
 def fake_d2_state(name="faster_rcnn_R_50_C4", seed=0):
+    """A fresh dict (shared, read-only arrays) in detectron2's names and shapes."""
+    return dict(_fake_d2_state(name, seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _fake_d2_state(name, seed):
     rng = np.random.default_rng(seed)
     state = {}
     for key, shape in d2_keys(name):
@@ -291,3 +298,48 @@ def test_init_detector_takes_trunk_rpn_head_and_reinitialises_other_classes(tmp_
                        file["model"]["roi_heads.box_predictor.cls_score.weight"])
     with pytest.raises(ValueError, match="anchor|rpn.head"):
         detector_for_finetuning(load_det_config(None, [*overrides, "model.anchor_sizes=[64,128]"]), class_list("voc"))
+
+
+def test_train_det_init_detector_runs_from_the_file(tmp_path):
+    import train_det
+
+    from detection.engine.trainer import DetectionTrainer
+    from test_det_train import tiny
+
+    base = tiny(tmp_path, "model.freeze_at=1", "model.conventions=detectron2", "input.size_divisible=1")
+    torch.manual_seed(3)
+    donor = build_detector(base, 3, weights=None)
+    src = save_detector(tmp_path / "donor.pth", donor, base, [{"id": i, "name": f"x{i}"} for i in range(3)])
+    # the command line: the file's architecture, then explicit flags and key=value
+    args = train_det.get_args_parser().parse_args(["--dataset", "digits", "--init-detector", str(src),
+                                                   "model.anchor_sizes=[16,32]"])
+    cli = train_det.setup(args)
+    assert (cli.model.backbone, cli.model.conventions, cli.model.init_detector) == ("resnet20", "detectron2", str(src))
+    cfg = tiny(tmp_path, "model.freeze_at=1", "input.size_divisible=1", *architecture_overrides(src),
+               "solver.max_iter=2", "solver.steps=[2]", "solver.warmup_iters=0", "data.test=none")
+    out = tmp_path / "run"
+    DetectionTrainer(cfg, out).run()
+    final = load_checkpoint(out / "model_final.pth")
+    assert final["config"]["model"]["init_detector"] == str(src)
+    assert torch.equal(final["model"]["backbone.conv1.weight"], donor.state_dict()["backbone.conv1.weight"])  # frozen
+    assert final["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 11  # 10 digits + background
+
+
+def test_detectron2_trainer_pth_converts(tmp_path):
+    state = {k: torch.from_numpy(v) for k, v in fake_d2_state().items()}
+    src = tmp_path / "model_final.pth"
+    torch.save({"model": state, "iteration": 89999, "optimizer": {"state": {}, "param_groups": []}}, src)
+    file, summary = convert_detectron2_detector(src, "resnet50", class_list("coco"))
+    assert summary["source_keys"] == len(state) == len(file["model"])
+
+
+def test_reloaded_detector_keeps_the_stride_placement_of_its_weights(tmp_path):
+    from backbones.weights.meta import WeightsMeta
+
+    cfg = load_det_config(None, ["model.backbone=resnet50"])
+    tv = WeightsMeta(arch="resnet50", source="torchvision", stride_in_1x1=False)
+    model = build_detector(cfg, 2, weights=None, weights_meta=tv)
+    assert model.backbone.layer2[0].conv2.stride == (2, 2)
+    save_detector(tmp_path / "m.pth", model, cfg, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    loaded, _, _ = load_detector(tmp_path / "m.pth")
+    assert loaded.backbone.layer2[0].conv2.stride == (2, 2) and loaded.backbone.layer2[0].conv1.stride == (1, 1)

@@ -94,16 +94,24 @@ def make_images(sizes, seed: int = 1):
     return images
 
 
-def compare(d2_out, ours):
-    """(number matched, d2 count, ours count, largest box diff, largest score diff); one-to-one in score order."""
+def compare(d2_out, ours, box_tol: float = 0.05, score_tol: float = 1e-4):
+    """(matched, d2 count, ours count, largest box diff, largest score diff) over one-to-one matches: each detectron2
+    detection takes the first unmatched resdet one of the same class within the tolerances (score order)."""
     inst = d2_out["instances"]
     db, ds, dc = inst.pred_boxes.tensor, inst.scores, inst.pred_classes
     ob, os_, oc = ours["boxes"], ours["scores"], ours["labels"] - 1
-    n = min(len(db), len(ob))
-    same = (dc[:n] == oc[:n]) & ((db[:n] - ob[:n]).abs().amax(1) < 1e-2) if n else torch.zeros(0, dtype=torch.bool)
-    box = float((db[:n] - ob[:n]).abs().max()) if n else 0.0
-    score = float((ds[:n] - os_[:n]).abs().max()) if n else 0.0
-    return int(same.sum()), len(db), len(ob), box, score
+    used = torch.zeros(len(ob), dtype=torch.bool)
+    box = score = 0.0
+    matched = 0
+    for i in range(len(db)):
+        diff = (ob - db[i]).abs().amax(1) if len(ob) else torch.zeros(0)
+        ok = (~used) & (oc == dc[i]) & (diff < box_tol) & ((os_ - ds[i]).abs() < score_tol)
+        if bool(ok.any()):
+            j = int(ok.nonzero()[0])
+            used[j] = True
+            matched += 1
+            box, score = max(box, float(diff[j])), max(score, float((os_[j] - ds[i]).abs()))
+    return matched, len(db), len(ob), box, score
 
 
 def run_parity(tmp_path: Path, depth: int, sizes, min_size: int, max_size: int):
@@ -141,15 +149,16 @@ def test_converted_detector_matches_detectron2_default_predictor(tmp_path):
     for matched, n_d2, n_ours, box, score in rows:
         assert n_d2 > 10, "the biased random detector should detect something"
         assert (matched, n_ours) == (n_d2, n_d2), rows
-        assert box < 1e-2 and score < 1e-4, rows
+        assert box < 0.01 and score < 1e-5, rows  # measured: 0 and 0 (same ops, same rounding)
 
 
 @pytest.mark.slow
-def test_exported_pkl_loads_into_detectron2_c4_config(tmp_path):
+@pytest.mark.parametrize("depth", [50, 101])
+def test_exported_pkl_loads_into_detectron2_c4_config_and_detects_the_same(tmp_path, depth):
     _detectron2()
+    torch.set_num_threads(1)
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+    from detectron2.engine import DefaultPredictor
 
     sys.path.insert(0, str(ROOT / "tools"))
     import convert_weights
@@ -158,16 +167,48 @@ def test_exported_pkl_loads_into_detectron2_c4_config(tmp_path):
     from detection.model.detector import build_detector
     from detection.model.io import save_detector
 
-    cfg = load_det_config(ROOT / "configs/detection/detectron2_c4.yaml", ["model.backbone=resnet50"])
-    ours = build_detector(cfg, 3, weights=None)
+    cfg = load_det_config(ROOT / "configs/detection/detectron2_c4.yaml",
+                          [f"model.backbone=resnet{depth}", "input.min_size_test=320", "input.max_size_test=533"])
+    torch.manual_seed(0)
+    ours = build_detector(cfg, 3, weights=None).eval()
+    with torch.no_grad():  # tame the random trunk (deep He-initialised ResNets explode), then make it detect
+        for name, buf in ours.named_buffers():
+            if name.endswith("running_var"):
+                buf.fill_(4.0)
+        ours.roi_heads.box_predictor.cls_score.weight.normal_(0, 1.0)
+        ours.roi_heads.box_predictor.cls_score.bias[1:] += 3.0
+        ours.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 5e-4)
+        ours.rpn.head.cls_logits.weight.normal_(0, 0.01)
+        ours.rpn.head.bbox_pred.weight.normal_(0, 5e-4)
     src, pkl = tmp_path / "model_final.pth", tmp_path / "export.pkl"
     save_detector(src, ours, cfg, [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)])
     assert convert_weights.main([str(src), str(pkl), "--from", "resdet", "--to", "detectron2", "--arch",
-                                 "resnet50", "--detector"]) == 0
-    d2cfg = d2_config(50, 800, 1333)
+                                 f"resnet{depth}", "--detector"]) == 0
+    d2cfg = d2_config(depth, 800, 1333)
     d2cfg.merge_from_file(str(pkl.with_suffix(".yaml")))
-    model = build_model(d2cfg)
-    ckpt = DetectionCheckpointer(model)
+    predictor = DefaultPredictor(d2cfg)  # loads MODEL.WEIGHTS (the export) as detectron2 always does
+    ckpt = DetectionCheckpointer(predictor.model)
     incompatible = ckpt._load_model(ckpt._load_file(str(pkl)))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert not incompatible.incorrect_shapes
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    (img,) = make_images([(320, 427)], seed=2)
+    with torch.no_grad():
+        d2_out = predictor(img)
+        rgb01 = torch.from_numpy(img[:, :, ::-1].astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        matched, n_d2, n_ours, box, score = compare(d2_out, ours([rgb01])[0])
+    assert n_d2 > 10 and matched == n_d2 == n_ours and box < 0.01 and score < 1e-5
+
+
+def test_anchors_equal_detectron2_default_anchor_generator():
+    _detectron2()
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from detection.model.detectron2_semantics import Detectron2AnchorGenerator
+
+    sizes, ratios = [32, 64, 128, 256, 512], [0.5, 1.0, 2.0]
+    theirs = DefaultAnchorGenerator(sizes=[sizes], aspect_ratios=[ratios], strides=[16], offset=0.0)
+    feature = torch.zeros(1, 4, 38, 51)
+    (expected,) = theirs([feature])
+    (ours,) = Detectron2AnchorGenerator(sizes, ratios, 16)(ImageList(torch.zeros(1, 3, 600, 810), [(600, 810)]),
+                                                           [feature])
+    assert torch.equal(ours, expected.tensor)

@@ -15,7 +15,8 @@ from torchvision.models.detection.rpn import RPNHead
 from backbones.c4 import C4Backbone, build_c4
 from backbones.weights.meta import WeightsMeta
 
-from .detectron2_semantics import Detectron2AnchorGenerator, Detectron2RoIHeads, Detectron2RPN, Detectron2Transform
+from .detectron2_semantics import (Detectron2AnchorGenerator, Detectron2Predictor, Detectron2RoIHeads, Detectron2RPN,
+                                   Detectron2Transform, use_detectron2_frozen_bn)
 from .pooler import SingleLevelRoIPooler
 from .rpn import BoundaryAwareRPN
 from .transform import PixelConventionTransform
@@ -53,7 +54,7 @@ class FasterRCNNC4(GeneralizedRCNN):
         )
         pooler = SingleLevelRoIPooler(h.pooler_resolution or c4.roi_size, c4.stride, h.pooler, h.sampling_ratio,
                                       h.aligned)
-        predictor = FastRCNNPredictor(c4.head_channels, num_classes + 1)
+        predictor = (Detectron2Predictor if d2 else FastRCNNPredictor)(c4.head_channels, num_classes + 1)
         _init_predictor(predictor)
         roi_heads = (Detectron2RoIHeads if d2 else RoIHeads)(
             pooler, c4.head, predictor,
@@ -63,6 +64,8 @@ class FasterRCNNC4(GeneralizedRCNN):
         )
         transform = (Detectron2Transform if d2 else PixelConventionTransform)(meta, [min_size], max_size, size_divisible, resize_in_training=False)
         super().__init__(trunk, rpn, roi_heads, transform)
+        if d2:
+            use_detectron2_frozen_bn(self)
         self.backbone_name = c4.name
         self.stride = c4.stride
         self.freeze_at = c4.freeze_at

@@ -10,7 +10,9 @@ so that a converted detectron2 detector computes what its ``DefaultPredictor`` c
 - detections (``fast_rcnn_inference_single_image`` + ``postprocessing.detector_postprocess``): non-finite rows
   dropped, no small-box removal, per-class NMS keyed by the 0-based class, boxes rescaled then clipped to the
   original image and empty ones dropped (torchvision: removes sides < 1e-2 before NMS, never drops after rescaling);
-- test resize (``ResizeShortestEdge.get_output_shape``): size rounded with ``int(x + 0.5)`` (torchvision floors).
+- test resize (``ResizeShortestEdge.get_output_shape``): size rounded with ``int(x + 0.5)`` (torchvision floors);
+- arithmetic: frozen BN as ``F.batch_norm`` and box predictor products with detectron2's matrices, so the rounding
+  is detectron2's too.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,9 +20,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .rpn import BoundaryAwareRPN
 from .transform import PixelConventionTransform
@@ -49,6 +53,23 @@ def detectron2_resized_shape(h: int, w: int, short_edge: int, max_size: int) -> 
         scale = max_size * 1.0 / max(newh, neww)
         newh, neww = newh * scale, neww * scale
     return int(newh + 0.5), int(neww + 0.5)
+
+
+class Detectron2FrozenBatchNorm2d(FrozenBatchNorm2d):
+    """detectron2's ``FrozenBatchNorm2d``: without gradients it is ``F.batch_norm`` (one fused op, its rounding)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return super().forward(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                            eps=self.eps)
+
+
+def use_detectron2_frozen_bn(module: torch.nn.Module) -> None:
+    """Switch every torchvision ``FrozenBatchNorm2d`` in ``module`` to detectron2's arithmetic (same state)."""
+    for m in module.modules():
+        if type(m) is FrozenBatchNorm2d:
+            m.__class__ = Detectron2FrozenBatchNorm2d
 
 
 class Detectron2AnchorGenerator(AnchorGenerator):
@@ -111,22 +132,40 @@ class Detectron2RPN(BoundaryAwareRPN):
         return final_boxes, final_scores
 
 
+class Detectron2Predictor(FastRCNNPredictor):
+    """``FastRCNNPredictor`` (same parameters, background row first) computing with detectron2's matrices.
+
+    The products use the weights as detectron2 holds them (background class last, no background box), so the
+    GEMMs, and therefore the rounding, are detectron2's; the outputs are returned in resdet's layout, with a zero
+    background box (no loss uses it).
+    """
+
+    def forward(self, x: torch.Tensor):
+        x = x.flatten(start_dim=1)
+        w, b = self.cls_score.weight, self.cls_score.bias
+        logits = F.linear(x, torch.cat([w[1:], w[:1]]), torch.cat([b[1:], b[:1]]))
+        deltas = F.linear(x, self.bbox_pred.weight[4:], self.bbox_pred.bias[4:])
+        return (torch.cat([logits[:, -1:], logits[:, :-1]], dim=1),
+                torch.cat([deltas.new_zeros(deltas.shape[0], 4), deltas], dim=1))
+
+
 class Detectron2RoIHeads(RoIHeads):
     """``RoIHeads`` whose test-time output is ``fast_rcnn_inference_single_image`` (background is label 0 here)."""
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         per_image = [len(p) for p in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals).split(per_image, 0)
-        pred_scores = F.softmax(class_logits, -1).split(per_image, 0)
+        # decoded and scored in detectron2's layout (foreground classes only, background last)
+        pred_boxes = self.box_coder.decode(box_regression[:, 4:].contiguous(), proposals).split(per_image, 0)
+        logits = torch.cat([class_logits[:, 1:], class_logits[:, :1]], dim=1)
+        pred_scores = F.softmax(logits, -1).split(per_image, 0)
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(pred_boxes, pred_scores, image_shapes):
             boxes = boxes.reshape(boxes.shape[0], -1)
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
             if not bool(valid.all()):
                 boxes, scores = boxes[valid], scores[valid]
-            scores = scores[:, 1:]
-            boxes = box_ops.clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(-1, scores.shape[1] + 1, 4)
-            boxes = boxes[:, 1:]
+            scores = scores[:, :-1]
+            boxes = box_ops.clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(-1, scores.shape[1], 4)
             mask = scores > self.score_thresh
             inds = mask.nonzero()
             boxes, scores = boxes[mask], scores[mask]
