@@ -89,6 +89,10 @@ def convert_detector(args) -> int:
                   f"{summary['source_keys']} detectron2 keys, ResNet-{summary['depth']}, {summary['classes']} classes")
             return 0
         if (args.src_format, args.dst_format) == ("resdet", "detectron2"):
+            if args.classes or args.overrides:
+                print("convert_weights: error: --classes and key=value overrides go with --from detectron2 (a resdet "
+                      "detector carries its classes and config)", file=sys.stderr)
+                return 2
             pkl, yaml_path, summary = export_detectron2_detector(args.src, args.dst, args.arch)
             print(f"wrote {pkl} ({summary['keys']} keys, {summary['classes']} classes) and the detectron2 config "
                   f"overrides {yaml_path}" + (" (approximate: torchvision anchors)" if summary["approximate"] else ""))
