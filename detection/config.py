@@ -26,6 +26,9 @@ DEFAULTS = {
         "weights": None,
         "freeze_at": 2,
         "norm": "frozen_bn",
+        # torchvision | detectron2: whose anchors, proposal filtering, post-processing and test resize (DETECTION.md)
+        "conventions": "torchvision",
+        "init_detector": None,  # a resdet detector file to start from (train_det.py --init-detector)
         "anchor_sizes": [128, 256, 512],
         "aspect_ratios": [0.5, 1.0, 2.0],
         "rpn": {
@@ -128,6 +131,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     stages = C4_STAGES[family]
     _check(m.freeze_at is None or 0 <= m.freeze_at <= stages, "model.freeze_at", m.freeze_at,
            f"0..{stages} for {m.backbone} (0 = train everything, 1 = stem frozen, 2 = stem + res2, ...)")
+    _check(m.conventions in ("torchvision", "detectron2"), "model.conventions", m.conventions,
+           "'torchvision' or 'detectron2'")
     _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")
     _check(len(m.anchor_sizes) > 0 and all(v > 0 for v in m.anchor_sizes), "model.anchor_sizes", m.anchor_sizes,
            "a non-empty list of positive sizes")

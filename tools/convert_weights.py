@@ -3,6 +3,10 @@
 
     python tools/convert_weights.py R-50.pkl r50_msra.pth --from msra --to resdet --arch resnet50
     python tools/convert_weights.py r50_msra.pth r50.pkl --from resdet --to detectron2 --arch resnet50
+    # whole C4 Faster R-CNN detectors (docs/WEIGHTS.md):
+    python tools/convert_weights.py model_final_721ade.pkl r50_c4_coco.pth --from detectron2 --to resdet \
+        --arch resnet50 --detector --classes coco
+    python tools/convert_weights.py RUN/model_final.pth r50_c4.pkl --from resdet --to detectron2 --arch resnet50 --detector
     python tools/convert_weights.py IMAGENET1K_V2 r50_tv.safetensors --from torchvision --to safetensors --arch resnet50
 
 SRC is a file, or for --from torchvision/timm a weights tag resolved through the hub caches (see docs/WEIGHTS.md).
@@ -13,11 +17,14 @@ import argparse
 import os
 import pickle
 import sys
+from pathlib import Path
 
-from backbones.registry import build_backbone, list_backbones
-from backbones.weights.detectron2_format import detectron2_config
-from backbones.weights.export import EXPORT_FORMATS, export_weights
-from backbones.weights.sources import KINDS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backbones.registry import build_backbone, list_backbones  # noqa: E402
+from backbones.weights.detectron2_format import detectron2_config  # noqa: E402
+from backbones.weights.export import EXPORT_FORMATS, export_weights  # noqa: E402
+from backbones.weights.sources import KINDS  # noqa: E402
 
 
 def source_string(kind: str, src: str, arch: str) -> str:
@@ -38,7 +45,17 @@ def main(argv=None) -> int:
     parser.add_argument("--to", dest="dst_format", required=True, choices=EXPORT_FORMATS)
     parser.add_argument("--arch", required=True, choices=list_backbones(), metavar="NAME",
                         help="registered backbone name, e.g. resnet50")
-    args = parser.parse_args(argv)
+    parser.add_argument("--detector", action="store_true",
+                        help="convert a whole C4 Faster R-CNN (detectron2 <-> resdet detector file), not a backbone")
+    parser.add_argument("--classes", help="--detector from detectron2: class list, 'coco', 'voc' or a file (one name "
+                                          "per line, or a COCO-format JSON); detectron2 files carry none")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="--detector from detectron2: config overrides on top of detectron2's C4 settings")
+    args = parser.parse_intermixed_args(argv)
+    if args.detector:
+        return convert_detector(args)
+    if args.classes or args.overrides:
+        parser.error("--classes and key=value overrides go with --detector")
 
     weights = source_string(args.src_format, args.src, args.arch)
     try:
@@ -55,6 +72,37 @@ def main(argv=None) -> int:
                             for k, v in detectron2_config(meta).items())
         print(f"detectron2 config for these weights: {settings}")
     return 0
+
+
+def convert_detector(args) -> int:
+    from backbones.utils.checkpoint import save_checkpoint
+    from backbones.utils.config import ConfigError
+    from detection.data.class_lists import class_list
+    from detection.model.detectron2_detector import convert_detectron2_detector, export_detectron2_detector
+
+    try:
+        if (args.src_format, args.dst_format) == ("detectron2", "resdet"):
+            categories = class_list(args.classes) if args.classes else None
+            obj, summary = convert_detectron2_detector(args.src, args.arch, categories, args.overrides)
+            save_checkpoint(obj, args.dst)
+            print(f"wrote {args.dst} (resdet detector, {obj['config']['model']['conventions']} conventions): "
+                  f"{summary['source_keys']} detectron2 keys, ResNet-{summary['depth']}, {summary['classes']} classes")
+            return 0
+        if (args.src_format, args.dst_format) == ("resdet", "detectron2"):
+            if args.classes or args.overrides:
+                print("convert_weights: error: --classes and key=value overrides go with --from detectron2 (a resdet "
+                      "detector carries its classes and config)", file=sys.stderr)
+                return 2
+            pkl, yaml_path, summary = export_detectron2_detector(args.src, args.dst, args.arch)
+            print(f"wrote {pkl} ({summary['keys']} keys, {summary['classes']} classes) and the detectron2 config "
+                  f"overrides {yaml_path}" + (" (approximate: torchvision anchors)" if summary["approximate"] else ""))
+            return 0
+        print("convert_weights: error: --detector converts --from detectron2 --to resdet or --from resdet --to "
+              "detectron2", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, RuntimeError, ConfigError, pickle.UnpicklingError) as e:
+        print(f"convert_weights: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

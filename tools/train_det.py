@@ -33,6 +33,7 @@ from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, DEFAULTS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
+from detection.model.init_detector import architecture_overrides  # noqa: E402
 from detection.paper_setups import DEFAULT_BACKBONES, default_backbone, default_config_path  # noqa: E402
 
 
@@ -53,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", help="coco_json: training image folder (sets data.image_dir)")
     parser.add_argument("--val-ann", help="coco_json: evaluation annotation file (sets data.test_ann_file)")
     parser.add_argument("--val-images", help="coco_json: evaluation image folder (sets data.test_image_dir)")
+    parser.add_argument("--init-detector", metavar="FILE",
+                        help="start from a resdet detector file (trunk, RPN, head; its architecture is taken, the "
+                             "class predictor re-initialised when the classes differ), e.g. a converted COCO model")
     parser.add_argument("--stop-after", type=int, help="stop with a checkpoint after this many iterations")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit (reads no data, writes no run folder)")
@@ -67,6 +71,9 @@ def setup(args):
              (args.val_ann, "data.test_ann_file"), (args.val_images, "data.test_image_dir"))
     # Flags are applied as overrides (so their types are checked too), before the trailing ones, which win.
     overrides = [as_override(key, value) for value, key in flags if value] + list(args.overrides)
+    # The --init-detector architecture first: explicit flags and key=value still win.
+    init = architecture_overrides(args.init_detector) if args.init_detector else []
+    overrides = init + overrides
     config = args.config
     if config is None:
         dataset = override_value(overrides, "data.dataset", DEFAULTS["data"]["dataset"])

@@ -37,6 +37,7 @@ from ..data import (DataIssues, DetectionDataset, GroupedInfiniteBatchSampler, T
                     test_source, train_source)
 from ..evaluation import flatten_metrics
 from ..model import build_detector
+from ..model.init_detector import detector_for_finetuning
 from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
 from .evaluate import AMP_DTYPES, evaluate_model
 
@@ -132,7 +133,12 @@ class DetectionTrainer:
         self.train_set = DetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
                                           d.max_image_pixels, self.issues)
         device = info.device
-        self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
+        if cfg.model.init_detector:  # --init-detector: trunk, RPN and head from a trained detector
+            self.model, note = detector_for_finetuning(cfg, self.train_src.categories)
+            self.model = self.model.to(device)
+            _log(note, info)
+        else:
+            self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
         self.net = self.model
         if info.world_size > 1:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)

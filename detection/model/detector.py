@@ -15,6 +15,8 @@ from torchvision.models.detection.rpn import RPNHead
 from backbones.c4 import C4Backbone, build_c4
 from backbones.weights.meta import WeightsMeta
 
+from .detectron2_semantics import (Detectron2AnchorGenerator, Detectron2Predictor, Detectron2RoIHeads, Detectron2RPN,
+                                   Detectron2Transform, use_detectron2_frozen_bn)
 from .pooler import SingleLevelRoIPooler
 from .rpn import BoundaryAwareRPN
 from .transform import PixelConventionTransform
@@ -34,9 +36,13 @@ class FasterRCNNC4(GeneralizedRCNN):
         r, h = model_cfg.rpn, model_cfg.roi_heads
         trunk = c4.trunk
         trunk.out_channels = c4.out_channels  # torchvision's backbone contract
-        anchors = AnchorGenerator(sizes=(tuple(int(s) for s in model_cfg.anchor_sizes),),
-                                  aspect_ratios=(tuple(float(a) for a in model_cfg.aspect_ratios),))
-        rpn = BoundaryAwareRPN(
+        d2 = model_cfg.conventions == "detectron2"  # see detectron2_semantics.py
+        if d2:
+            anchors = Detectron2AnchorGenerator(model_cfg.anchor_sizes, model_cfg.aspect_ratios, c4.stride)
+        else:
+            anchors = AnchorGenerator(sizes=(tuple(int(s) for s in model_cfg.anchor_sizes),),
+                                      aspect_ratios=(tuple(float(a) for a in model_cfg.aspect_ratios),))
+        rpn = (Detectron2RPN if d2 else BoundaryAwareRPN)(
             anchors,
             RPNHead(c4.out_channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
@@ -48,16 +54,18 @@ class FasterRCNNC4(GeneralizedRCNN):
         )
         pooler = SingleLevelRoIPooler(h.pooler_resolution or c4.roi_size, c4.stride, h.pooler, h.sampling_ratio,
                                       h.aligned)
-        predictor = FastRCNNPredictor(c4.head_channels, num_classes + 1)
+        predictor = (Detectron2Predictor if d2 else FastRCNNPredictor)(c4.head_channels, num_classes + 1)
         _init_predictor(predictor)
-        roi_heads = RoIHeads(
+        roi_heads = (Detectron2RoIHeads if d2 else RoIHeads)(
             pooler, c4.head, predictor,
             h.fg_iou_thresh, h.bg_iou_thresh, h.batch_size_per_image, h.positive_fraction,
             tuple(float(w) for w in h.bbox_reg_weights),
             h.score_thresh, h.nms_thresh, h.detections_per_img,
         )
-        transform = PixelConventionTransform(meta, [min_size], max_size, size_divisible, resize_in_training=False)
+        transform = (Detectron2Transform if d2 else PixelConventionTransform)(meta, [min_size], max_size, size_divisible, resize_in_training=False)
         super().__init__(trunk, rpn, roi_heads, transform)
+        if d2:
+            use_detectron2_frozen_bn(self)
         self.backbone_name = c4.name
         self.stride = c4.stride
         self.freeze_at = c4.freeze_at
@@ -86,6 +94,9 @@ def build_detector(cfg, num_classes: int, weights: Optional[str] = "config",
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     m = cfg.model
     source = m.weights if weights == "config" else weights
-    c4 = build_c4(m.backbone, weights=source, freeze_at=m.freeze_at, norm=m.norm)
+    # A trained detector's trunk is rebuilt with the stride placement of the weights it was trained from.
+    layout = {} if source or weights_meta is None or weights_meta.stride_in_1x1 is None else {
+        "stride_in_1x1": weights_meta.stride_in_1x1}
+    c4 = build_c4(m.backbone, weights=source, freeze_at=m.freeze_at, norm=m.norm, **layout)
     i = cfg.input
     return FasterRCNNC4(c4, num_classes, m, i.min_size_test, i.max_size_test, i.size_divisible, weights_meta)

@@ -43,19 +43,25 @@ def save_detector(path, model: FasterRCNNC4, cfg, categories: List[dict], extra:
     return save_checkpoint(detector_file(model, cfg, categories, extra), path)
 
 
+def read_detector_file(path, map_location="cpu") -> dict:
+    """The dict of ``model_final.pth`` or a training checkpoint, its format and entries checked."""
+    state = load_checkpoint(path, map_location=map_location)
+    fmt = state.get("format")
+    if fmt not in (DETECTOR_FORMAT, TRAIN_STATE_FORMAT):
+        raise ValueError(f"{path} is not a resdet detector (format {fmt!r}; expected {DETECTOR_FORMAT!r} as "
+                         f"written by tools/train_det.py or tools/convert_weights.py --detector)")
+    for key in ("model", "config", "categories", "weights_meta"):
+        if key not in state:
+            raise ValueError(f"{path}: detector file has no {key!r} entry")
+    return state
+
+
 def load_detector(path, overrides=(), map_location="cpu") -> Tuple[FasterRCNNC4, Any, List[dict]]:
     """(model in eval mode, its config, categories) from ``model_final.pth`` or a training checkpoint.
 
     ``overrides`` (``key=value``) change inference settings such as ``model.roi_heads.score_thresh``.
     """
-    state = load_checkpoint(path, map_location=map_location)
-    fmt = state.get("format")
-    if fmt not in (DETECTOR_FORMAT, TRAIN_STATE_FORMAT):
-        raise ValueError(f"{path} is not a resdet detector (format {fmt!r}; expected {DETECTOR_FORMAT!r} as "
-                         f"written by tools/train_det.py)")
-    for key in ("model", "config", "categories", "weights_meta"):
-        if key not in state:
-            raise ValueError(f"{path}: detector file has no {key!r} entry")
+    state = read_detector_file(path, map_location)
     cfg = config_from_dict(state["config"], overrides)
     categories = list(state["categories"])
     model = build_detector(cfg, len(categories), weights=None, weights_meta=WeightsMeta.from_dict(state["weights_meta"]))
