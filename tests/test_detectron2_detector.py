@@ -313,7 +313,7 @@ def test_train_det_init_detector_runs_from_the_file(tmp_path):
     # the command line: the file's architecture, then explicit flags and key=value
     args = train_det.get_args_parser().parse_args(["--dataset", "digits", "--init-detector", str(src),
                                                    "model.anchor_sizes=[16,32]"])
-    cli = train_det.setup(args)
+    cli, _ = train_det.setup(args)
     assert (cli.model.backbone, cli.model.conventions, cli.model.init_detector) == ("resnet20", "detectron2", str(src))
     cfg = tiny(tmp_path, "model.freeze_at=1", "input.size_divisible=1", *architecture_overrides(src),
                "solver.max_iter=2", "solver.steps=[2]", "solver.warmup_iters=0", "data.test=none")
