@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.pretrain import PRETRAIN_DEFAULTS, Trainer, default_config_path, evaluate, load_classifier  # noqa: E402
 from backbones.pretrain.datasets import DATASETS, DatasetError, build_datasets  # noqa: E402
 from backbones.pretrain.defaults import validate  # noqa: E402
@@ -43,6 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights instead of training")
     parser.add_argument("--weights", help="resdet checkpoint to evaluate (with --eval-only)")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.05")
     return parser
 
@@ -86,6 +88,7 @@ def run_eval_only(cfg, args) -> dict:
 
 def main(args) -> int:
     try:
+        set_threads(args.threads)
         cfg = setup(args)
         if args.eval_only:
             run_eval_only(cfg, args)

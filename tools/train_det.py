@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from backbones.utils.config import ConfigError  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
@@ -30,6 +31,7 @@ from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
+from detection.model.inference import add_inference_arguments, inference_overrides  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
@@ -56,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-ann", help="coco_json: evaluation annotation file (sets data.test_ann_file)")
     parser.add_argument("--val-images", help="coco_json: evaluation image folder (sets data.test_image_dir)")
     parser.add_argument("--stop-after", type=int, help="stop with a checkpoint after this many iterations")
+    add_inference_arguments(parser)  # for the evaluations during and after training
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.01")
     return parser
 
@@ -68,12 +72,14 @@ def setup(args):
              (args.data_root, "data.root"), (args.ann, "data.ann_file"), (args.images, "data.image_dir"),
              (args.val_ann, "data.test_ann_file"), (args.val_images, "data.test_image_dir"))
     # Explicit flags win over the file; applied as overrides so their types are checked too.
-    overrides = [as_override(key, value) for value, key in flags if value] + list(args.overrides)
+    overrides = [as_override(key, value) for value, key in flags if value]
+    overrides += [*inference_overrides(args.no_optimize, args.precision), *args.overrides]
     return load_det_config(str(config) if config else None, overrides)
 
 
 def main(args) -> int:
     try:
+        set_threads(args.threads)
         cfg = setup(args)
         output_dir = args.output_dir or f"runs/detection/{cfg.data.dataset}_{cfg.model.backbone}"
         result = DetectionTrainer(cfg, output_dir, resume=args.resume, stop_after=args.stop_after).run()
