@@ -108,7 +108,8 @@ def run_model_mode(args) -> None:
     dataset_args = {k: v for k, v in given.items() if v is not None}
     eval_dir = Path(args.output_dir) / "eval"
     overrides = [*args.overrides, *inference_overrides(args.no_optimize, args.precision)]
-    evaluate_checkpoint(args.weights, dataset_args, eval_dir, device=args.device, overrides=overrides)
+    evaluate_checkpoint(args.weights, dataset_args, eval_dir, device=args.device, overrides=overrides,
+                        retain_memory=True)  # this process only runs inference
     from backbones.utils.dist import is_main_process
 
     if is_main_process():  # provenance for the report

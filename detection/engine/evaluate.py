@@ -116,7 +116,7 @@ def evaluate_model(model, source: DetectionSource, device, output_dir=None, batc
 
 def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, output_dir=None,
                         device: str = "auto", overrides: Iterable[str] = (), max_images: int = 0,
-                        progress: bool = True) -> Dict[str, Any]:
+                        progress: bool = True, retain_memory: bool = False) -> Dict[str, Any]:
     """Evaluate a trained detector file (``model_final.pth`` or a training checkpoint).
 
     Args:
@@ -127,6 +127,7 @@ def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, 
         output_dir: where the evaluation library writes metrics.json, results and curves (None: nothing written).
         overrides: further ``key=value`` config changes (e.g. ``model.roi_heads.score_thresh=0.0``;
             ``test.optimize=false`` for the plain model, ``test.precision=bf16``).
+        retain_memory: keep freed memory for reuse (faster on CPU, process-wide; for inference-only processes).
     """
     data_overrides = [as_override(f"data.{k}", v) for k, v in (dataset_args or {}).items()]
     model, cfg, categories = load_detector(weights, [*data_overrides, *overrides])
@@ -138,7 +139,7 @@ def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, 
     if [c["name"] for c in source.categories] != [c["name"] for c in categories]:
         raise ValueError(f"{weights} was trained on classes {[c['name'] for c in categories][:10]}..., but "
                          f"{source.name} has {source.class_names[:10]}...; evaluate on data with the same classes")
-    net = build_inference_model(model, cfg, info.device, retain_memory=True)
+    net = build_inference_model(model, cfg, info.device, retain_memory=retain_memory)
     metrics = evaluate_model(net, source, info.device, output_dir, cfg.test.ims_per_batch, cfg.data.num_workers,
                              "none", max_images or cfg.test.max_images, cfg.data.max_image_pixels, progress,
                              cfg.test.num_samples)
