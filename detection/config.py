@@ -99,14 +99,17 @@ DEFAULTS = {
         "warmup_iters": 0,
         "warmup_factor": 0.001,
         "clip_grad_norm": 0.0,
-        "amp": "bf16",  # none | bf16 | fp16 (fp16 with a GradScaler); CUDA only, ignored on CPU
+        # none | bf16 | fp16 (fp16 with a GradScaler); bf16 also on CPUs with native bf16, else float32
+        "amp": "bf16",
         "nan_policy": "stop",
         "checkpoint_period": 5000,
         "keep_last": 3,
         "log_period": 20,
     },
-    "test": {"eval_period": 0, "ims_per_batch": 1, "max_images": 0,
-             "num_samples": 8},  # images saved with their detections in eval/samples.json (report sample grid)
+    "test": {"eval_period": 0, "ims_per_batch": 2, "max_images": 0,
+             "num_samples": 8,  # images saved with their detections in eval/samples.json (report sample grid)
+             "optimize": True,  # inference on the optimised detector (detection/model/inference.py); --no-optimize
+             "precision": "fp32"},  # fp32 | bf16 (where the device has native bf16); --precision
 }
 
 
@@ -171,6 +174,7 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(s.ims_per_batch >= 1 and s.ims_per_batch % world_size == 0, "solver.ims_per_batch", s.ims_per_batch,
            f"a positive multiple of the world size ({world_size}); it is the global batch")
     _check(t.ims_per_batch >= 1, "test.ims_per_batch", t.ims_per_batch, ">= 1")
+    _check(t.precision in ("fp32", "bf16"), "test.precision", t.precision, "'fp32' or 'bf16'")
     _check(t.eval_period >= 0 and t.max_images >= 0 and t.num_samples >= 0, "test.eval_period", t.eval_period,
            ">= 0 (and test.max_images, test.num_samples >= 0)")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")

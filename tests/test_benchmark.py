@@ -78,6 +78,26 @@ def test_quick_training_classification_loading_coco(quick_results):
     assert len(coco["stats_pycocotools"]) == 12
 
 
+def test_quick_tools_section_times_the_tools_path(quick_results):
+    r = quick_results["tools"]
+    expected = {"plain (--no-optimize)", "tools default (fp32)"}
+    if quick_results["bf16_supported"]:
+        expected.add("tools --precision bf16")
+    assert expected <= set(r["variants"])
+    assert r["rois_per_image"] and min(r["rois_per_image"]) > 0
+    assert r["variants"]["plain (--no-optimize)"]["speedup_vs_plain"] == 1.0
+    assert all(v["s_per_image"] > 0 for v in r["variants"].values())
+
+
+def test_thread_policy_sets_passive_waiting_but_keeps_the_users_choice():
+    from tools._threads import OPENMP_DEFAULTS, configure_openmp
+
+    assert OPENMP_DEFAULTS["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"KMP_BLOCKTIME": "200"}
+    assert configure_openmp(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "200"}
+
+
 def test_markdown_from_json(quick_results, tmp_path, capsys):
     src, md = tmp_path / "r.json", tmp_path / "r.md"
     src.write_text(json.dumps(quick_results))
@@ -85,7 +105,7 @@ def test_markdown_from_json(quick_results, tmp_path, capsys):
     assert tool["main"](["--from-json", str(src), "--markdown", str(md)]) == 0
     text = md.read_text()
     for title in ("(1) Dense GEMM", "(2) resnet18-C4 inference", "(3) resnet18-C4 training", "(4) resnet18",
-                  "(5) Detection data loading", "(6) COCO evaluation"):
+                  "(5) Detection data loading", "(6) COCO evaluation", "(8) What the tools run"):
         assert title in text
     assert "fold_bn+channels_last" in text and "(6) COCO evaluation" in capsys.readouterr().out
 

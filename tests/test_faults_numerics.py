@@ -103,7 +103,8 @@ def test_non_finite_weights_are_never_checkpointed(tool, tmp_path, tmp_path_fact
         steps["n"] += 1
         if steps["n"] == 4:
             with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+                param = self.param_groups[0]["params"][0]
+                param[(0,) * param.dim()] = float("inf")  # any memory layout (the detector's is channels_last)
         return result
 
     monkeypatch.setattr(torch.optim.SGD, "step", overflowing_step)

@@ -430,3 +430,25 @@ def test_compiled_detector_same_detections():
     with torch.no_grad():
         ref = model([image])[0]
     assert_same_detections(optimize_detector(model, compile=True)([image])[0], ref)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet20"])
+def test_tools_inference_model_matches_plain_model(backbone):
+    """``build_inference_model`` (what infer.py, eval_det.py and evaluation during training run): optimised by
+    default, also from a model prepared for training (the trainer's), the plain model with test.optimize=false."""
+    from detection.model.inference import build_inference_model
+
+    model, image = _small_detector(backbone)
+    with torch.no_grad():
+        ref = model([image])[0]
+    cfg = load_det_config(None, [])
+    net = build_inference_model(model, cfg, "cpu")
+    assert isinstance(net, OptimizedDetector) and net.model is not model
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in net.model.backbone.modules())  # folded
+    assert_same_detections(net([image])[0], ref)
+    trained = prepare_for_training(copy.deepcopy(model))
+    assert_same_detections(build_inference_model(trained, cfg, "cpu")([image])[0], ref)
+    assert any(type(m).__name__ == "FrozenBNConv2d" for m in trained.modules())  # a copy was optimised
+    plain = build_inference_model(model, load_det_config(None, ["test.optimize=false"]), "cpu")
+    assert plain.model is model
+    assert_same_detections(plain([image])[0], ref)

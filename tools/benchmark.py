@@ -10,7 +10,11 @@ s/image at 600x1000, batch 1, with counted multiply-adds → FLOP/s and fraction
 optimisation; (3) detector training s/iteration; (4) ResNet classification train/inference img/s at 224;
 (5) detection data loading img/s vs a torchvision-reference pipeline; (6) COCO evaluation time, fast path vs
 pycocotools with identical stats; optionally (7) the AP of a trained detector plain, optimised and in bf16
-(--accuracy-weights). Every comparison runs its variants interleaved (one call each per round) and
+(--accuracy-weights); (8) "tools": the inference path the tools run (``build_inference_model``) beside the plain
+model and detectron2's DefaultPredictor (when ``import detectron2`` works); opt-in, as they start processes: (9)
+"loaded": the digits detector's training s/iteration quiet and beside one busy process, OpenMP defaults vs the
+tools' thread policy; (10) "infer_tool": tools/infer.py images/s on a folder, end to end; (11) "train_tool":
+tools/train_det.py s/iteration on a COCO-format folder. Every comparison runs its variants interleaved (one call each per round) and
 reports medians, so ratios hold even on a shared machine; the load average is recorded with each section.
 """
 import argparse
@@ -23,31 +27,42 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.utils.atomic_io import atomic_write_text
-from detection.benchmark.accuracy import measure_accuracy
-from detection.benchmark.classification_speed import measure_classification
-from detection.benchmark.coco_speed import measure_coco_eval
-from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training
-from detection.benchmark.gemm import gemm_probes, measure_gemm
-from detection.benchmark.loader_speed import measure_loading
-from detection.benchmark.report import markdown_tables
-from detection.model.optimize import bf16_supported
+from tools._threads import OPENMP_DEFAULTS, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 
-SECTIONS = ("gemm", "inference", "training", "classification", "loading", "coco")
+import torch  # noqa: E402
+
+from backbones.utils.atomic_io import atomic_write_text  # noqa: E402
+from detection.benchmark.accuracy import measure_accuracy  # noqa: E402
+from detection.benchmark.classification_speed import measure_classification  # noqa: E402
+from detection.benchmark.coco_speed import measure_coco_eval  # noqa: E402
+from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training  # noqa: E402
+from detection.benchmark.gemm import gemm_probes, measure_gemm  # noqa: E402
+from detection.benchmark.loader_speed import measure_loading  # noqa: E402
+from detection.benchmark.report import markdown_tables, tools_tables  # noqa: E402
+from detection.benchmark.loaded_speed import measure_loaded  # noqa: E402
+from detection.benchmark.tools_speed import measure_infer_tool, measure_tool_inference, measure_train_tool  # noqa: E402
+from detection.model.optimize import bf16_supported  # noqa: E402
+
+SECTIONS = ("gemm", "inference", "training", "classification", "loading", "coco", "tools", "loaded", "infer_tool",
+            "train_tool")
+DEFAULT_SECTIONS = SECTIONS[:7]  # the others start processes (and "loaded" a busy loop): ask for them
 
 FULL = {"repeats": 5, "gemm_sizes": [1024, 2048, 4096], "backbones": ["resnet50", "resnet101", "vgg16"],
         "det_size": [600, 1000], "rois": TEST_ROIS, "train_backbone": "resnet50", "train_images": 2,
         "train_overrides": [], "cls_arch": "resnet50", "cls_size": 224, "cls_batch": {"cpu": 32, "cuda": 256},
         "loader_images": 256, "loader_workers": [0, 2], "loader_batch": 2, "coco_images": 5000,
-        "coco_dets": 100, "coco_repeats": 2}
+        "coco_dets": 100, "coco_repeats": 2, "tools_backbone": "resnet101", "tool_images": 4, "train_tool_images": 4,
+        "train_tool_iters": 4, "loaded_steps": 5}
 QUICK = {"repeats": 1, "gemm_sizes": [256], "backbones": ["resnet18"], "det_size": [64, 96], "rois": 8,
          "train_backbone": "resnet18", "train_images": 2,
          "train_overrides": ["model.roi_heads.batch_size_per_image=8", "model.rpn.post_nms_top_n_train=32",
                              "model.rpn.pre_nms_top_n_train=64"],
          "cls_arch": "resnet18", "cls_size": 32, "cls_batch": {"cpu": 2, "cuda": 2}, "loader_images": 4,
-         "loader_workers": [0], "loader_batch": 2, "coco_images": 20, "coco_dets": 10, "coco_repeats": 1}
+         "loader_workers": [0], "loader_batch": 2, "coco_images": 20, "coco_dets": 10, "coco_repeats": 1,
+         "tools_backbone": "resnet18", "tool_images": 2, "train_tool_images": 2, "train_tool_iters": 3,
+         "loaded_steps": 3}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,11 +70,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", metavar="OUT", help="write the results here (JSON); printed to stdout otherwise")
     p.add_argument("--quick", action="store_true", help="tiny inputs and one repeat everywhere (the test suite)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
+                   help=f"default: {' '.join(DEFAULT_SECTIONS)}")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile variant (slow to compile)")
     p.add_argument("--no-bf16", action="store_true", help="skip bf16 variants even where supported")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's choice; --quick: 1, tiny ops only lose from threading)")
+                   help="torch threads, also for the tools it starts (default: $OMP_NUM_THREADS or torch's choice; "
+                        "--quick: 1, tiny ops only lose from threading)")
+    p.add_argument("--tools-backbone", help="backbone of the tools sections (default resnet101)")
     p.add_argument("--repeats", type=int, help="rounds per comparison (default 5; --quick 1)")
     p.add_argument("--backbones", nargs="+", help="detector inference backbones (default resnet50 resnet101 vgg16)")
     p.add_argument("--det-size", nargs=2, type=int, metavar=("H", "W"), help="detector input (default 600 1000)")
@@ -83,7 +101,7 @@ def settings(args) -> dict:
     for key, value in (("repeats", args.repeats), ("backbones", args.backbones), ("det_size", args.det_size),
                        ("rois", args.rois), ("loader_images", args.loader_images),
                        ("loader_workers", args.loader_workers), ("coco_images", args.coco_images),
-                       ("coco_repeats", args.coco_repeats)):
+                       ("coco_repeats", args.coco_repeats), ("tools_backbone", args.tools_backbone)):
         if value is not None:
             s[key] = value
     s["cls_batch"] = args.cls_batch or s["cls_batch"][args.device]
@@ -167,6 +185,9 @@ def print_tables(results: dict) -> None:
         for k, v in r["evaluators"].items():
             print(f"    {k:18s} {v['s']:8.2f} s  x{v['speedup_vs_pycocotools']:.1f}  "
                   f"max |stat diff| {v['max_abs_stat_difference']:.2e}")
+    tools = tools_tables(results)  # sections (8)-(11): the Markdown tables are readable as they are
+    if tools:
+        print("\n" + "\n".join(tools))
     if "accuracy" in results:
         r = results["accuracy"]
         print(f"\n(7) accuracy of the inference options: {r['backbone']} on {r['test_split']} ({r['num_images']} images)")
@@ -184,8 +205,7 @@ def run(args) -> dict:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     s = settings(args)
     bf16 = bf16_supported(device) and not args.no_bf16
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -226,6 +246,23 @@ def run(args) -> dict:
     if "coco" in args.sections:
         results["coco"] = measure_coco_eval(s["coco_images"], s["coco_dets"], s["coco_repeats"], log=log)
         done("coco")
+    if "tools" in args.sections:
+        results["tools"] = measure_tool_inference(s["tools_backbone"], device, tuple(s["det_size"]), s["repeats"], bf16,
+                                                  rois=s["rois"], log=log)
+        done("tools")
+    if "loaded" in args.sections:
+        results["loaded"] = measure_loaded(OPENMP_DEFAULTS, s["loaded_steps"], log=log)
+        done("loaded")
+    with tempfile.TemporaryDirectory(prefix="resdet-bench-tools-") as folder:
+        if "infer_tool" in args.sections:
+            results["infer_tool"] = measure_infer_tool(Path(folder), s["tools_backbone"], tuple(s["det_size"]),
+                                                       s["rois"], s["tool_images"], bf16, log=log)
+            done("infer_tool")
+        if "train_tool" in args.sections:
+            results["train_tool"] = measure_train_tool(Path(folder), s["train_backbone"], tuple(s["det_size"]),
+                                                       s["train_tool_images"], s["train_tool_iters"], bf16,
+                                                       s["train_overrides"], log=log)
+            done("train_tool")
     if args.accuracy_weights:
         results["accuracy"] = measure_accuracy(args.accuracy_weights, device, args.data_root, args.accuracy_images,
                                                log=log)

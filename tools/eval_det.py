@@ -21,11 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from detection.evaluation.coco import check_results, score_coco_results  # noqa: E402
 from detection.evaluation.outputs import format_metrics, write_metrics_sections  # noqa: E402
 from detection.evaluation.voc import score_voc  # noqa: E402
 from detection.evaluation.voc_files import comp4_path, load_voc_ground_truth, read_comp4  # noqa: E402
+from detection.model.inference import add_inference_arguments, inference_overrides  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -49,6 +51,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--ann", help="coco_json: test annotation file")
     model.add_argument("--images", help="coco_json: test image folder")
     model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_inference_arguments(model)
+    add_threads_argument(parser)
     parser.add_argument("-o", "--output-dir", default="runs/eval_det",
                         help="writes OUTPUT_DIR/eval/{metrics,pr_curves}.json and OUTPUT_DIR/report/ "
                              "(default: runs/eval_det)")
@@ -103,15 +107,18 @@ def run_model_mode(args) -> None:
              "test_image_dir": args.images}
     dataset_args = {k: v for k, v in given.items() if v is not None}
     eval_dir = Path(args.output_dir) / "eval"
-    evaluate_checkpoint(args.weights, dataset_args, eval_dir, device=args.device, overrides=list(args.overrides))
+    overrides = [*args.overrides, *inference_overrides(args.no_optimize, args.precision)]
+    evaluate_checkpoint(args.weights, dataset_args, eval_dir, device=args.device, overrides=overrides,
+                        retain_memory=True)  # this process only runs inference
     from backbones.utils.dist import is_main_process
 
     if is_main_process():  # provenance for the report
         write_metrics_sections(eval_dir, {}, {}, meta={"weights": str(args.weights), **dataset_args,
-                                                       "overrides": list(args.overrides)})
+                                                       "overrides": overrides})
 
 
 def main(args) -> int:
+    set_threads(args.threads)
     out = Path(args.output_dir)
     if args.weights:
         if args.results:

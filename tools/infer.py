@@ -3,16 +3,20 @@
 
     tools/infer.py --weights runs/detection/digits_resnet20/model_final.pth --image a.jpg b.png -o out/
     tools/infer.py --weights model_final.pth --image photos/ --score-thresh 0.7
+    tools/infer.py --weights model_final.pth --image photos/ --precision bf16      # bf16 where the CPU/GPU has it
 
 Folders given to --image are searched (not recursively) for .jpg/.jpeg/.png/.bmp/.webp files. Images larger than
 --max-pixels are refused (decompression bombs). Writes OUT/<name>.json and OUT/<name>.png, plus OUT/detections.json
-with every image.
+with every image. Runs the optimised detector (detection/model/inference.py; --no-optimize for the plain model),
+--batch-size images per forward pass.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 
 import torch  # noqa: E402
 
@@ -23,6 +27,7 @@ from backbones.utils.dist import resolve_device  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.data.image_io import read_image  # noqa: E402
 from detection.engine.visualize import detections_to_list, draw_detections  # noqa: E402
+from detection.model.inference import add_inference_arguments, build_inference_model, inference_overrides  # noqa: E402
 from detection.model.io import load_detector  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -38,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
+    add_inference_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. input.min_size_test=800 model.roi_heads.nms_thresh=0.5")
     return parser
@@ -66,26 +74,38 @@ def output_names(paths):
     return names
 
 
+def batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 @torch.no_grad()
 def run(args) -> list:
-    model, cfg, categories = load_detector(args.weights, args.overrides)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    set_threads(args.threads)
+    overrides = [*args.overrides, *inference_overrides(args.no_optimize, args.precision)]
+    model, cfg, categories = load_detector(args.weights, overrides)
     device = resolve_device(args.device)
-    model.to(device)
+    net = build_inference_model(model, cfg, device, retain_memory=True)
     out_dir = Path(args.output_dir)
     results = []
     paths = image_paths(args.image)
-    for path, name in zip(paths, output_names(paths)):
-        pixels = read_image(path, None, args.max_pixels, [], "raise")  # refuses bombs, corrupt and missing files
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0).to(device)
-        output = {k: v.cpu() for k, v in model([image])[0].items()}
-        dets = detections_to_list(output, categories, args.score_thresh)
-        record = {"image": str(path), "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
-                  "detections": dets}
-        atomic_write_json(out_dir / f"{name}.json", record)
-        with atomic_open(out_dir / f"{name}.png", "wb") as f:
-            draw_detections(pixels, dets).save(f, format="PNG")
-        results.append(record)
-        print(f"{path}: {len(dets)} detection(s) -> {out_dir / (name + '.png')}", file=sys.stderr)
+    for batch in batches(list(zip(paths, output_names(paths))), args.batch_size):
+        # read_image refuses bombs, corrupt and missing files
+        pixels = [read_image(path, None, args.max_pixels, [], "raise") for path, _ in batch]
+        images = [torch.from_numpy(p.copy()).permute(2, 0, 1).float().div_(255.0).to(device) for p in pixels]
+        outputs = net(images)
+        for (path, name), image_pixels, output in zip(batch, pixels, outputs):
+            output = {k: v.cpu() for k, v in output.items()}
+            dets = detections_to_list(output, categories, args.score_thresh)
+            record = {"image": str(path), "width": int(image_pixels.shape[1]), "height": int(image_pixels.shape[0]),
+                      "detections": dets}
+            atomic_write_json(out_dir / f"{name}.json", record)
+            with atomic_open(out_dir / f"{name}.png", "wb") as f:
+                draw_detections(image_pixels, dets).save(f, format="PNG")
+            results.append(record)
+            print(f"{path}: {len(dets)} detection(s) -> {out_dir / (name + '.png')}", file=sys.stderr)
     atomic_write_json(out_dir / "detections.json", results)
     return results
 

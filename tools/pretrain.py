@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.pretrain import (PRETRAIN_DEFAULTS, Trainer, default_config_path, evaluate,  # noqa: E402
                                 load_classifier, paper_dataset)
 from backbones.pretrain.datasets import DATASETS, DatasetError, build_datasets  # noqa: E402
@@ -52,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="resdet checkpoint to evaluate (with --eval-only)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit (reads no data, writes no run folder)")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.05")
     return parser
 
@@ -99,6 +101,7 @@ def run_eval_only(cfg, args) -> dict:
 
 def main(args) -> int:
     try:
+        set_threads(args.threads)
         cfg, config = setup(args)
         if args.print_config:
             if cfg.model.arch:  # with --eval-only and no --arch, the checkpoint names it later

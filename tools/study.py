@@ -10,17 +10,24 @@ The study report (Markdown + HTML, with the paper's Tables 7/8 beside the measur
 """
 import argparse
 import sys
+from pathlib import Path
 
-from backbones.utils.config import ConfigError
-from detection.study import load_study, run_study
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
+
+from backbones.utils.config import ConfigError  # noqa: E402
+from detection.study import load_study, run_study  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="study YAML (see configs/study/)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    add_threads_argument(parser)  # passed on to every step (through OMP_NUM_THREADS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="study-level overrides, e.g. output_dir=X")
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         study = load_study(args.config, args.overrides)
         run_study(study, dry_run=args.dry_run)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from backbones.utils.config import ConfigError, override_value, resolved_config_text  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
@@ -35,6 +36,7 @@ from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
 from detection.model.init_detector import architecture_overrides  # noqa: E402
 from detection.paper_setups import DEFAULT_BACKBONES, default_backbone, default_config_path  # noqa: E402
+from detection.model.inference import add_inference_arguments, inference_overrides  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-after", type=int, help="stop with a checkpoint after this many iterations")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit (reads no data, writes no run folder)")
+    add_inference_arguments(parser)  # for the evaluations during and after training
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.01")
     return parser
 
@@ -70,7 +74,8 @@ def setup(args):
              (args.data_root, "data.root"), (args.ann, "data.ann_file"), (args.images, "data.image_dir"),
              (args.val_ann, "data.test_ann_file"), (args.val_images, "data.test_image_dir"))
     # Flags are applied as overrides (so their types are checked too), before the trailing ones, which win.
-    overrides = [as_override(key, value) for value, key in flags if value] + list(args.overrides)
+    overrides = [as_override(key, value) for value, key in flags if value]
+    overrides += [*inference_overrides(args.no_optimize, args.precision), *args.overrides]
     # The --init-detector architecture first: explicit flags and key=value still win.
     init = architecture_overrides(args.init_detector) if args.init_detector else []
     overrides = init + overrides
@@ -87,6 +92,7 @@ def setup(args):
 
 def main(args) -> int:
     try:
+        set_threads(args.threads)
         cfg, config = setup(args)
         if args.print_config:
             print(resolved_config_text(cfg, "tools/train_det.py", config), end="")

@@ -69,7 +69,7 @@ PRETRAIN_DEFAULTS = {
     "train": {
         "seed": 0,
         "device": "auto",             # auto | cpu | cuda
-        "amp": "none",                # none | bf16 | fp16 (GPU; fp16 uses a GradScaler)
+        "amp": "none",                # none | bf16 | fp16 (fp16: GPU, with a GradScaler; bf16: GPU or a bf16 CPU)
         "channels_last": False,
         "log_period": 20,
         "checkpoint_period": 5000,

@@ -24,6 +24,7 @@ from ..utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, barrier,
 from ..utils.metrics_log import MetricsLogger
 from ..utils.numerics import NanGuard, assert_finite_state
 from ..utils.progress import TrainingProgress
+from ..utils.precision import autocast_dtype
 from ..utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 from ..utils.run_dir import prepare_run_dir
 from .datasets import build_datasets
@@ -35,7 +36,6 @@ from .sampler import AugmentedDataset, EpochBatchSampler
 from .schedule import LRSchedule
 from .transforms import TrainTransform
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINAL_WEIGHTS = "model_final.pth"
 # Warm-up "until training error < X" looks at this many recent iterations, so one lucky batch does not end it.
 WARMUP_ERROR_WINDOW = 20
@@ -44,6 +44,12 @@ WARMUP_ERROR_WINDOW = 20
 def _log(message: str, info: DistInfo) -> None:
     if info.is_main:
         print(f"[resdet] {message}", file=sys.stderr, flush=True)
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers: seeded, one torch thread each (the workers are the parallelism; more threads contend)."""
+    seed_worker(worker_id)
+    torch.set_num_threads(1)
 
 
 def train_transform(cfg: Config) -> TrainTransform:
@@ -109,7 +115,9 @@ class Trainer:
                                     nesterov=s.nesterov)
         schedule = LRSchedule(lr, s.policy, s.steps, s.gamma, s.warmup_iters, s.warmup_factor, s.warmup_method,
                               s.warmup_until_err, s.plateau_patience, s.plateau_threshold, s.plateau_max_drops)
-        amp_dtype = AMP_DTYPES[t.amp]
+        amp_dtype = autocast_dtype(t.amp, device)
+        if amp_dtype is None and t.amp != "none":
+            _log(f"train.amp={t.amp} is not supported on {device}; training in float32", info)
         scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
         guard = NanGuard(s.nan_policy, s.max_consecutive_skips, check_grads=not scaler.is_enabled())
         per_process = per_process_batch(s.batch_size, info.world_size, "solver.batch_size")
@@ -140,7 +148,7 @@ class Trainer:
         # A private generator keeps the DataLoader from drawing on the global RNG (restored on resume).
         loader = DataLoader(AugmentedDataset(train_set, train_transform(cfg), t.seed), batch_sampler=sampler,
                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(t.seed),
+                            worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(t.seed),
                             persistent_workers=cfg.data.num_workers > 0)
         meta_args = (cfg.model.arch, cfg.data.dataset, model, cfg.augment.mean, cfg.augment.std, categories)
 

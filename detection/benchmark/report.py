@@ -70,4 +70,38 @@ def markdown_tables(results: dict) -> str:
         rows = [[k, f"{v['AP']:.2f}", f"{v['AP50']:.2f}", f"{v['AP_delta_vs_fp32']:+.2f}",
                  f"{v['AP50_delta_vs_fp32']:+.2f}"] for k, v in r["variants"].items()]
         out += _table(["variant", "AP", "AP50", "ΔAP", "ΔAP50"], rows) + [""]
+    out += tools_tables(results)
     return "\n".join(out)
+
+
+def tools_tables(results: dict) -> List[str]:
+    out = []
+    if "tools" in results:
+        r = results["tools"]
+        out += [f"**(8) What the tools run**: {r['backbone']}-C4, {r['input_hw'][0]}x{r['input_hw'][1]}, batch 1, "
+                f"RoIs/image {r['rois_per_image']} (detectron2: {r['detectron2_rois_per_image'] or 'not run'})", ""]
+        rows = [[k, f"{v['s_per_image']:.3f}", f"{v['timing']['min']:.3f}", f"{v['speedup_vs_plain']:.2f}x",
+                 f"{v['time_vs_detectron2']:.2f}x" if "time_vs_detectron2" in v else "-"]
+                for k, v in r["variants"].items()]
+        out += _table(["path", "s/image (median)", "min", "speed-up vs plain", "time vs detectron2"], rows) + [""]
+    if "loaded" in results:
+        r = results["loaded"]
+        out += [f"**(9) Loaded machine**: digits detector (`{r['config']}`) training s/iteration, median of "
+                f"{r['steps']} steps, without and with one competing busy process", ""]
+        rows = [[k, f"{v['quiet']['s_per_iter']:.3f}", f"{v['one_busy_process']['s_per_iter']:.3f}",
+                 f"{v['slowdown']:.2f}x", str(v["quiet"]["threads"])] for k, v in r["cases"].items()]
+        out += _table(["OpenMP settings", "quiet", "one busy process", "slowdown", "threads"], rows) + [""]
+    if "infer_tool" in results:
+        r = results["infer_tool"]
+        out += [f"**(10) `tools/infer.py` end to end**: {r['backbone']}, {r['num_images']} JPEGs resized to "
+                f"{r['test_size'][0]}/{r['test_size'][1]}, process start to exit", ""]
+        rows = [[k, f"{v['images_per_s']:.3f}", f"{v['wall_s']:.1f}"] for k, v in r["runs"].items()]
+        out += _table(["flags", "images/s", "wall s"], rows) + [""]
+    if "train_tool" in results:
+        r = results["train_tool"]
+        out += [f"**(11) `tools/train_det.py` on a COCO-format folder**: {r['backbone']}, {r['num_images']} JPEGs, "
+                f"2 images/iteration at {r['train_size'][0]}/{r['train_size'][1]}, median of iterations 2-{r['iters']}",
+                ""]
+        rows = [[k, f"{v['s_per_iter']:.3f}", f"{v['wall_s']:.1f}"] for k, v in r["runs"].items()]
+        out += _table(["solver.amp", "s/iter", "run wall s"], rows) + [""]
+    return out

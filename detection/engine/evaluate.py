@@ -9,14 +9,15 @@ from torch.utils.data import DataLoader
 
 from backbones.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
 from backbones.utils.progress import track
+from backbones.utils.precision import AMP_DTYPES
 
 from ..config import as_override
 from ..data import DataIssues, DetectionDataset, DetectionSource, ShardedSequentialSampler, collate, test_source
 from ..data.records import coco_ground_truth
 from ..evaluation import COCOEvaluator, VOCEvaluator, write_samples
+from ..model.inference import build_inference_model
 from ..model.io import load_detector
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def coco_api(source: DetectionSource):
@@ -115,7 +116,7 @@ def evaluate_model(model, source: DetectionSource, device, output_dir=None, batc
 
 def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, output_dir=None,
                         device: str = "auto", overrides: Iterable[str] = (), max_images: int = 0,
-                        progress: bool = True) -> Dict[str, Any]:
+                        progress: bool = True, retain_memory: bool = False) -> Dict[str, Any]:
     """Evaluate a trained detector file (``model_final.pth`` or a training checkpoint).
 
     Args:
@@ -124,12 +125,13 @@ def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, 
             "test_ann_file": ..., "test_image_dir": ...}`` or ``{"root": "/data", "test": "voc_2007_test"}``;
             None evaluates on the test split of the dataset it was trained on.
         output_dir: where the evaluation library writes metrics.json, results and curves (None: nothing written).
-        overrides: further ``key=value`` config changes (e.g. ``model.roi_heads.score_thresh=0.0``).
+        overrides: further ``key=value`` config changes (e.g. ``model.roi_heads.score_thresh=0.0``;
+            ``test.optimize=false`` for the plain model, ``test.precision=bf16``).
+        retain_memory: keep freed memory for reuse (faster on CPU, process-wide; for inference-only processes).
     """
     data_overrides = [as_override(f"data.{k}", v) for k, v in (dataset_args or {}).items()]
     model, cfg, categories = load_detector(weights, [*data_overrides, *overrides])
     info = init_distributed(device)
-    model.to(info.device)
     source = test_source(cfg, DataIssues(cfg.data.on_error))
     if source is None:
         raise ValueError("no test split to evaluate: give dataset_args (e.g. test_ann_file/test_image_dir for "
@@ -137,8 +139,9 @@ def evaluate_checkpoint(weights, dataset_args: Optional[Dict[str, Any]] = None, 
     if [c["name"] for c in source.categories] != [c["name"] for c in categories]:
         raise ValueError(f"{weights} was trained on classes {[c['name'] for c in categories][:10]}..., but "
                          f"{source.name} has {source.class_names[:10]}...; evaluate on data with the same classes")
-    metrics = evaluate_model(model, source, info.device, output_dir, cfg.test.ims_per_batch, cfg.data.num_workers,
-                             cfg.solver.amp, max_images or cfg.test.max_images, cfg.data.max_image_pixels, progress,
+    net = build_inference_model(model, cfg, info.device, retain_memory=retain_memory)
+    metrics = evaluate_model(net, source, info.device, output_dir, cfg.test.ims_per_batch, cfg.data.num_workers,
+                             "none", max_images or cfg.test.max_images, cfg.data.max_image_pixels, progress,
                              cfg.test.num_samples)
     return metrics
 

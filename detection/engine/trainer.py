@@ -29,17 +29,20 @@ from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, 
 from backbones.utils.metrics_log import MetricsLogger
 from backbones.utils.numerics import NanGuard, assert_finite_state
 from backbones.utils.progress import TrainingProgress
+from backbones.utils.precision import autocast_dtype
 from backbones.utils.rng import get_rng_state, seed_everything, set_rng_state
 from backbones.utils.run_dir import RunFolderError, prepare_run_dir
 
 from ..config import validate
-from ..data import (DataIssues, DetectionDataset, GroupedInfiniteBatchSampler, TrainAugmentation, collate,
-                    test_source, train_source)
+from ..data import DataIssues, GroupedInfiniteBatchSampler, TrainAugmentation, collate, test_source, train_source
+from ..data.fast_loader import FastDetectionDataset, images_to_float, worker_init_fn
 from ..evaluation import flatten_metrics
 from ..model import build_detector
 from ..model.init_detector import detector_for_finetuning
+from ..model.inference import build_inference_model
+from ..model.optimize import prepare_for_training
 from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
-from .evaluate import AMP_DTYPES, evaluate_model
+from .evaluate import evaluate_model
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 FINAL_WEIGHTS = "model_final.pth"
@@ -75,6 +78,14 @@ def _merged(seen: DataIssues) -> DataIssues:
     for part in all_gather_objects(seen):
         merged.merge(part)
     return merged
+
+
+def training_amp_dtype(amp: str, device: torch.device, info: DistInfo) -> Optional[torch.dtype]:
+    """The autocast dtype for ``solver.amp`` here: bf16 on CUDA and on CPUs with native bf16, fp16 on CUDA only."""
+    dtype = autocast_dtype(amp, device)
+    if dtype is None and amp != "none":
+        _log(f"solver.amp={amp} is not supported on {device}; training in float32", info)
+    return dtype
 
 
 class DetectionTrainer:
@@ -130,7 +141,7 @@ class DetectionTrainer:
         if self.test_src is not None and self.test_src.class_names != self.train_src.class_names:
             raise ValueError(f"test split {self.test_src.name} has other classes than {self.train_src.name}")
         augmentation = TrainAugmentation(cfg.input.min_size_train, cfg.input.max_size_train, cfg.input.hflip_prob)
-        self.train_set = DetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
+        self.train_set = FastDetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
                                           d.max_image_pixels, self.issues)
         device = info.device
         if cfg.model.init_detector:  # --init-detector: trunk, RPN and head from a trained detector
@@ -139,6 +150,8 @@ class DetectionTrainer:
             _log(note, info)
         else:
             self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
+        # BN fused into the convs, channels_last, float32 box arithmetic under autocast; state_dict keys unchanged
+        prepare_for_training(self.model)
         self.net = self.model
         if info.world_size > 1:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -146,7 +159,7 @@ class DetectionTrainer:
         self.lr = linear_scaled_lr(s.base_lr, s.ims_per_batch, s.reference_batch) if s.reference_batch else s.base_lr
         self.optimizer = build_optimizer(self.model, cfg, self.lr)
         self.schedule = LRSchedule(self.lr, "step", s.steps, s.gamma, s.warmup_iters, s.warmup_factor, "linear")
-        self.amp_dtype = AMP_DTYPES[s.amp] if device.type == "cuda" else None
+        self.amp_dtype = training_amp_dtype(s.amp, device, info)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.guard = NanGuard(s.nan_policy, check_grads=not self.scaler.is_enabled())
         self.manager = CheckpointManager(self.output_dir / "checkpoints", s.keep_last)
@@ -170,7 +183,7 @@ class DetectionTrainer:
                                               self.iteration)
         # A private generator keeps the DataLoader off the global RNG (restored on resume).
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
-                          pin_memory=info.device.type == "cuda",
+                          pin_memory=info.device.type == "cuda", worker_init_fn=worker_init_fn,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def _save(self, info: DistInfo) -> str:
@@ -186,8 +199,9 @@ class DetectionTrainer:
         if self.test_src is None:
             return {}
         cfg = self.cfg
-        metrics = evaluate_model(self.model, self.test_src, info.device, output_dir, cfg.test.ims_per_batch,
-                                 cfg.data.num_workers, cfg.solver.amp, cfg.test.max_images, cfg.data.max_image_pixels,
+        net = build_inference_model(self.model, cfg, info.device)  # what tools/eval_det.py runs
+        metrics = evaluate_model(net, self.test_src, info.device, output_dir, cfg.test.ims_per_batch,
+                                 cfg.data.num_workers, "none", cfg.test.max_images, cfg.data.max_image_pixels,
                                  progress=info.is_main,
                                  num_samples=cfg.test.num_samples if output_dir is not None else 0)
         logger.log(self.iteration, **flatten_metrics(metrics))
@@ -209,7 +223,7 @@ class DetectionTrainer:
                 for t in targets:
                     for issue in t["issues"]:
                         self.seen.record(issue)
-                images = [im.to(device, non_blocking=True) for im in images]
+                images = images_to_float(images, device)
                 lr = self.schedule.lr(self.iteration)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_factor"]

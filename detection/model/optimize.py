@@ -6,9 +6,10 @@ the options that keep the training state exact (``state_dict`` keys, parameters,
 
 Low precision needs guards: torchvision decodes boxes in the dtype of the regression output
 (``BoxCoder.decode_single`` casts the anchors/proposals to it) and the RoI pooler casts boxes to the feature dtype,
-so under bf16 autocast coordinates near 1000 px would be rounded to 4 px steps. ``add_low_precision_guards`` casts the
-RPN head's and the box predictor's outputs and the pooler's input feature map to float32; the convolutions still run
-in bf16.
+so under bf16 autocast coordinates near 1000 px would be rounded to 4 px steps; ``AnchorGenerator`` makes the anchors
+in the feature maps' dtype. ``add_low_precision_guards`` casts the RPN head's and the box predictor's outputs and the
+pooler's input feature map to float32 and has the anchors made in float32, so anchors, proposals, box targets, box
+decoding and NMS are float32; the convolutions still run in bf16.
 """
 import copy
 import types
@@ -16,10 +17,12 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import FrozenBatchNorm2d, batched_nms, clip_boxes_to_image
 
-from backbones.fuse import fold_frozen_batchnorm, fuse_frozen_batchnorm_for_training
+from backbones.fuse import (FoldedBatchNorm2d, FrozenBNConv2d, fold_frozen_batchnorm,
+                            fuse_frozen_batchnorm_for_training)
 from backbones.fuse_onednn import fuse_for_onednn, onednn_available
+from backbones.utils.precision import bf16_supported  # noqa: F401  (part of this module's interface)
 
 from .detector import FasterRCNNC4
 from .roi_align_cpu import SeparableRoIAlign
@@ -44,6 +47,14 @@ def _float_pooler_features(module, args):
     return (_to_float(features), *rest)
 
 
+def _float_anchor_request(module, args):
+    """torchvision's ``AnchorGenerator`` makes anchors in the feature maps' dtype and reads nothing else from them
+    but shape and device: hand it float32 stand-ins (expanded scalars, no memory) instead of bf16 maps."""
+    images, features = args
+    return images, [f if f.dtype == torch.float32 else
+                    torch.empty((), dtype=torch.float32, device=f.device).expand(f.shape) for f in features]
+
+
 def _channels_last_input(module, args):
     x, *rest = args
     if isinstance(x, torch.Tensor) and x.dim() == 4:
@@ -62,6 +73,7 @@ def add_low_precision_guards(model: FasterRCNNC4) -> List[torch.utils.hooks.Remo
         model.rpn.head.register_forward_hook(_float_outputs),
         model.roi_heads.box_predictor.register_forward_hook(_float_outputs),
         model.roi_heads.box_roi_pool.register_forward_pre_hook(_float_pooler_features),
+        model.rpn.anchor_generator.register_forward_pre_hook(_float_anchor_request),
     ]
     model._low_precision_guarded = True
     return handles
@@ -76,6 +88,18 @@ def to_channels_last(model: FasterRCNNC4) -> FasterRCNNC4:
         model.backbone.register_forward_pre_hook(_channels_last_input)
         model.roi_heads.box_head.register_forward_pre_hook(_channels_last_input)
         model._channels_last_inputs = True
+    return model
+
+
+def undo_training_fusion(model: nn.Module) -> nn.Module:
+    """Turn ``prepare_for_training``'s ``FrozenBNConv2d``/``FoldedBatchNorm2d`` pairs back into plain conv + frozen BN,
+    in place (same tensors), so the inference options see the pairs they fold."""
+    for module in model.modules():
+        if isinstance(module, FrozenBNConv2d):
+            del module.__dict__["bn"]
+            module.__class__ = nn.Conv2d
+        elif isinstance(module, FoldedBatchNorm2d):
+            module.__class__ = FrozenBatchNorm2d
     return model
 
 
@@ -155,16 +179,6 @@ def reduce_proposal_syncs(model: FasterRCNNC4) -> FasterRCNNC4:
     return model
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matrix math is native here (CUDA compute capability >= 8, or a CPU with AVX512-BF16/AMX)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
 class OptimizedDetector(nn.Module):
     """Inference wrapper: ``detector(images)`` under ``torch.inference_mode`` (and bf16 autocast if asked).
 
@@ -221,12 +235,14 @@ def optimize_detector(model: FasterRCNNC4, fold_bn: bool = True, channels_last: 
         compile: ``torch.compile`` the trunk and the per-RoI head (freezing the weights on CPU); the first calls
             are slow.
         inplace: modify ``model`` itself instead of a deep copy.
+
+    A model prepared with ``prepare_for_training`` is accepted (its copy is turned back into conv + frozen BN).
     """
     if bf16:
         device = next(model.parameters()).device
         if not bf16_supported(device):
             raise RuntimeError(f"bf16 requested but {device} has no native bf16 matrix math")
-    model = (model if inplace else copy.deepcopy(model)).eval()
+    model = undo_training_fusion((model if inplace else copy.deepcopy(model)).eval())
     for p in model.parameters():
         p.requires_grad_(False)
     device = next(model.parameters()).device
