@@ -246,7 +246,7 @@ def test_low_precision_guards_keep_state_dict_keys():
     model, _ = _small_detector("resnet18")
     keys = list(model.state_dict())
     handles = add_low_precision_guards(model)
-    assert len(handles) == 4 and add_low_precision_guards(model) == []  # idempotent
+    assert len(handles) == 4 and add_low_precision_guards(model) == []  # idempotent (RPN head, predictor, pooler, anchors)
     assert list(model.state_dict()) == keys
 
 
