@@ -35,6 +35,7 @@ PRETRAIN_DEFAULTS = {
         "on_error": "raise",          # unreadable image: raise | skip (replaced by the next one, with a warning)
         "holdout": 0,                 # CIFAR-10: images held out of the 50k as validation (paper's search: 5000)
         "digits_size": 16,            # digits: upsampled side length
+        "digits_background": "black",  # digits: black | canvas (ink on the detection set's textured canvases)
     },
     "augment": {
         "scale": [256, 480],          # random shorter side [min, max]; [] keeps the input size
@@ -148,6 +149,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("data.holdout", d.holdout, strict=False)
     if d.digits_size < 8:
         raise _fail("data.digits_size", f"must be >= 8 (the images are 8×8), got {d.digits_size}")
+    choice("data.digits_background", d.digits_background, ("black", "canvas"))
 
     if a.scale and (len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]):
         raise _fail("augment.scale", f"must be [] or [min, max] with 0 < min <= max, got {a.scale}")

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from backbones.pretrain.datasets.digit_canvas import ink_colour, texture
 from backbones.utils.atomic_io import atomic_write_json
 
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
@@ -27,23 +28,6 @@ def digits_folder_name(seed: int, num_train: int, num_val: int, canvas: Sequence
                        per_image: Sequence[int]) -> str:
     return (f"digits_v{VERSION}_s{seed}_n{num_train}-{num_val}_c{canvas[0]}-{canvas[1]}_d{digit_size[0]}-{digit_size[1]}"
             f"_k{per_image[0]}-{per_image[1]}")
-
-
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A smooth random colour field plus stripes and grain, HxWx3 float in [0, 1]."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
-    field = np.zeros((h, w, 3), np.float32)
-    for _ in range(3):
-        fy, fx = rng.uniform(-0.15, 0.15, 2)
-        phase = rng.uniform(0, 2 * np.pi)
-        amp = rng.uniform(0.03, 0.12, 3).astype(np.float32)
-        field += np.sin(fy * yy + fx * xx + phase)[..., None] * amp
-    coarse = rng.normal(0, 0.08, (h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
-    coarse_img = np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((w, h), Image.BILINEAR))
-                           for c in range(3)], -1)
-    grain = rng.normal(0, 0.025, (h, w, 3)).astype(np.float32)
-    return np.clip(base + field + coarse_img + grain, 0, 1)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -58,7 +42,7 @@ def render_image(rng: np.random.Generator, digit_images: np.ndarray, digit_label
                  digit_size: Sequence[int], per_image: Sequence[int]) -> Tuple[np.ndarray, List[Tuple[List[float], int]]]:
     """One canvas (HxWx3 uint8) and its objects [(box x1 y1 x2 y2, digit)]."""
     h, w = (int(v) for v in rng.integers(canvas[0], canvas[1] + 1, 2))
-    img = _texture(rng, h, w)
+    img = texture(rng, h, w)
     objects: List[Tuple[List[float], int]] = []
     for _ in range(int(rng.integers(per_image[0], per_image[1] + 1))):
         for _attempt in range(20):
@@ -76,8 +60,7 @@ def render_image(rng: np.random.Generator, digit_images: np.ndarray, digit_label
             if any(_iou(box, other) > 0.1 for other, _ in objects):
                 continue
             patch = img[y0:y0 + size, x0:x0 + dw]
-            luminance = float(patch.mean())
-            ink = rng.uniform(0.0, 0.2, 3) if luminance > 0.5 else rng.uniform(0.8, 1.0, 3)
+            ink = ink_colour(rng, patch)
             img[y0:y0 + size, x0:x0 + dw] = patch * (1 - alpha[..., None]) + ink.astype(np.float32) * alpha[..., None]
             objects.append((box, int(digit_labels[k])))
             break

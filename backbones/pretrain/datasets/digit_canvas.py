@@ -1,0 +1,43 @@
+"""Digits painted on the textured colour canvases of the digits detection set (``detection/data/digits.py``).
+
+The detection canvases use this texture and ink rule, so a classifier pretrained on ``paint_on_canvas`` digits sees
+the same backgrounds and ink polarities as the detector's RoIs; one pretrained on white-on-black digits classifies
+canvas crops at chance (docs/DETECTION.md, "ImageNet family on digits").
+"""
+import numpy as np
+from PIL import Image
+
+
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random colour field plus stripes and grain, HxWx3 float in [0, 1]."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
+    field = np.zeros((h, w, 3), np.float32)
+    for _ in range(3):
+        fy, fx = rng.uniform(-0.15, 0.15, 2)
+        phase = rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(0.03, 0.12, 3).astype(np.float32)
+        field += np.sin(fy * yy + fx * xx + phase)[..., None] * amp
+    coarse = rng.normal(0, 0.08, (h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
+    coarse_img = np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((w, h), Image.BILINEAR))
+                           for c in range(3)], -1)
+    grain = rng.normal(0, 0.025, (h, w, 3)).astype(np.float32)
+    return np.clip(base + field + coarse_img + grain, 0, 1)
+
+
+def ink_colour(rng: np.random.Generator, patch: np.ndarray) -> np.ndarray:
+    """Dark ink on a light patch, light ink on a dark one (the detection set's rule)."""
+    return rng.uniform(0.0, 0.2, 3) if float(patch.mean()) > 0.5 else rng.uniform(0.8, 1.0, 3)
+
+
+def paint_on_canvas(alphas: np.ndarray, seed: int) -> np.ndarray:
+    """N×S×S ink alphas in [0, 1] → N×S×S×3 float images: each digit painted on its own texture patch."""
+    rng = np.random.default_rng(seed)
+    n, h, w = alphas.shape
+    out = np.empty((n, h, w, 3), np.float32)
+    for i in range(n):
+        patch = texture(rng, h, w)
+        ink = ink_colour(rng, patch).astype(np.float32)
+        a = alphas[i][..., None]
+        out[i] = patch * (1 - a) + ink * a
+    return out
