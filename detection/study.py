@@ -107,15 +107,16 @@ def run_dirs(study) -> dict:
 
 
 def plan(study) -> List[Step]:
-    """The steps of a study in order (pretraining first), with completed ones marked done."""
+    """The steps of a study, seed by seed and each detector right after its pretraining (so parallel jobs finish
+    whole chains early), then the report; completed steps are marked done."""
     root = Path(study.output_dir)
-    pre_steps: List[Step] = []
-    det_steps: List[Step] = []
+    steps: List[Step] = []
     pretrained = {}  # (backbone, dataset, config, overrides, seed) → pretraining output dir, shared between runs
     seeds = study.seeds or [None]
     folders = run_dirs(study)
-    for run in study.runs:
-        for seed, out in zip(seeds, folders[run.name]):
+    for index, seed in enumerate(seeds):
+        for run in study.runs:
+            out = folders[run.name][index]
             weights: Optional[str] = run.weights
             depends = []
             if run.pretrain.dataset:
@@ -130,7 +131,7 @@ def plan(study) -> List[Step]:
                     if run.pretrain.config:
                         argv += ["--config", run.pretrain.config]
                     argv += list(run.pretrain.overrides) + ([] if seed is None else [f"train.seed={seed}"])
-                    pre_steps.append(Step("pretrain", name, pre_out, argv, *_state(pre_out)))
+                    steps.append(Step("pretrain", name, pre_out, argv, *_state(pre_out)))
                     pretrained[key] = pre_out
                 weights = str(pretrained[key] / "model_final.pth")
                 depends = [str(pretrained[key])]
@@ -142,11 +143,10 @@ def plan(study) -> List[Step]:
                 argv += ["--config", run.detection.config]
             argv += list(study.overrides) + list(run.detection.overrides) + ([] if seed is None else [f"seed={seed}"])
             label = run.name if seed is None else f"{run.name} seed {seed}"
-            det_steps.append(Step("detect", label, out, argv, *_state(out), depends_on=depends))
+            steps.append(Step("detect", label, out, argv, *_state(out), depends_on=depends))
     report_dir = root / "report"
     argv = [str(TOOLS / "report.py"), "--study", str(root / MANIFEST), "-o", str(report_dir)]
-    return pre_steps + det_steps + [Step("report", "all", report_dir, argv,
-                                         depends_on=[str(s.output_dir) for s in pre_steps + det_steps])]
+    return steps + [Step("report", "all", report_dir, argv, depends_on=[str(s.output_dir) for s in steps])]
 
 
 def manifest(study) -> dict:

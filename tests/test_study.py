@@ -2,11 +2,14 @@
 steps."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from backbones.utils.config import ConfigError
 from detection.study import load_study, plan
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, text):
@@ -94,18 +97,20 @@ comparisons:
 def test_seeds_replicate_the_whole_chain(tmp_path):
     study = load_study(_write(tmp_path, SEEDED.format(out=tmp_path / "runs")))
     steps = plan(study)
-    assert [s.kind for s in steps] == ["pretrain", "pretrain", "detect", "detect", "detect", "detect", "report"]
+    # seed by seed, each detector right after its pretraining
+    assert [s.kind for s in steps] == ["pretrain", "detect", "detect", "pretrain", "detect", "detect", "report"]
     root = tmp_path / "runs"
-    assert [s.output_dir for s in steps[:2]] == [root / "pretrain" / "digits_resnet20_seed0",
-                                                 root / "pretrain" / "digits_resnet20_seed1"]
-    assert [s.argv[-1] for s in steps[:2]] == ["train.seed=0", "train.seed=1"]
-    det = steps[2:6]
+    pre = [steps[0], steps[3]]
+    assert [s.output_dir for s in pre] == [root / "pretrain" / "digits_resnet20_seed0",
+                                           root / "pretrain" / "digits_resnet20_seed1"]
+    assert [s.argv[-1] for s in pre] == ["train.seed=0", "train.seed=1"]
+    det = [steps[1], steps[4], steps[2], steps[5]]
     assert [s.output_dir for s in det] == [root / "res-pre" / "seed0", root / "res-pre" / "seed1",
                                            root / "res-scratch" / "seed0", root / "res-scratch" / "seed1"]
     assert [s.argv[-1] for s in det] == ["seed=0", "seed=1", "seed=0", "seed=1"]
     # each seed's detector starts from that seed's pretraining; scratch arms need nothing
-    assert det[1].argv[det[1].argv.index("--weights") + 1] == str(steps[1].output_dir / "model_final.pth")
-    assert det[1].depends_on == [str(steps[1].output_dir)] and det[2].depends_on == []
+    assert det[1].argv[det[1].argv.index("--weights") + 1] == str(pre[1].output_dir / "model_final.pth")
+    assert det[1].depends_on == [str(pre[1].output_dir)] and det[2].depends_on == []
     assert "--weights" not in det[2].argv
     assert steps[-1].argv[1:] == ["--study", str(root / "study.json"), "-o", str(root / "report")]
 
@@ -169,3 +174,26 @@ def test_parallel_steps_respect_dependencies_and_the_job_limit(tmp_path, monkeyp
     (tmp_path / "runs" / "report" / "final.json").unlink()
     study_module.run_study(study, log=lambda *_: None)
     assert [json.loads(x)[1] for x in (tmp_path / "events.jsonl").read_text().splitlines()] == [report, report]
+
+
+def _tool(name):
+    import runpy
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
+
+
+@pytest.mark.parametrize("name", ["digits", "digits_table7"])
+def test_shipped_studies_validate(name):
+    """`make demo` / `make table7`: two or more seeds per arm, comparisons, and every step's config is valid."""
+    from backbones.pretrain import validate as validate_pretrain
+    study = load_study(str(REPO / "configs" / "study" / f"{name}.yaml"))
+    assert len(study.seeds) >= 2 and study.comparisons
+    tools = {"pretrain": _tool("pretrain"), "detect": _tool("train_det")}
+    steps = plan(study)
+    assert sum(s.kind == "detect" for s in steps) == len(study.runs) * len(study.seeds)
+    for step in steps[:-1]:
+        tool = tools[step.kind]
+        cfg = tool["setup"](tool["get_args_parser"]().parse_args(step.argv[1:]))  # raises ConfigError if invalid
+        if step.kind == "pretrain":
+            validate_pretrain(cfg)
+        else:
+            assert cfg.seed in study.seeds and cfg.model.backbone in {r.backbone for r in study.runs}

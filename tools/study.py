@@ -9,10 +9,14 @@ The study report (Markdown + HTML, with the paper's Tables 7/8 beside the measur
 <output_dir>/report/.
 """
 import argparse
+import signal
 import sys
+from pathlib import Path
 
-from backbones.utils.config import ConfigError
-from detection.study import load_study, run_study
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backbones.utils.config import ConfigError  # noqa: E402
+from detection.study import load_study, run_study  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -21,6 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="study-level overrides, e.g. output_dir=X")
     args = parser.parse_args(argv)
+    # `kill` of the study stops its running steps too (run_study terminates them on the way out).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         study = load_study(args.config, args.overrides)
         run_study(study, dry_run=args.dry_run)
