@@ -1,19 +1,27 @@
-"""Backbone-swap study: pretrain (or take given weights) → train_det → eval → report, for several backbones.
+"""Backbone-swap study: pretrain (or take given weights) → train_det → eval → report, for several arms and seeds.
 
-A study file lists runs; each step runs as its own tool process (``tools/pretrain.py``, ``tools/train_det.py``,
-``tools/report.py``) so a study is exactly what a user would type by hand. A step whose ``final.json`` exists is
-skipped, and an interrupted step is continued with ``--resume``, so re-running a study resumes it.
+A study file lists arms (``runs``); each arm is trained once per seed in ``seeds`` (a seed replicates the whole
+chain: pretraining with ``train.seed``, detection with ``seed``), so the report can show each arm's mean and spread.
+Every step runs as its own tool process (``tools/pretrain.py``, ``tools/train_det.py``, ``tools/report.py``) so a
+study is exactly what a user would type by hand; ``jobs`` steps run at once, each with ``threads`` CPU threads. A step
+whose ``final.json`` exists is skipped, and an interrupted step is continued with ``--resume``, so re-running a study
+resumes it.
 """
+import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from backbones.utils.atomic_io import atomic_write_text
 from backbones.utils.config import ConfigError, config_from_dict, load_config
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+MANIFEST = "study.json"
 
 RUN_DEFAULTS = {
     "name": "",
@@ -24,7 +32,18 @@ RUN_DEFAULTS = {
     "pretrain": {"dataset": "", "config": "", "overrides": []},
     "detection": {"dataset": "digits", "config": "", "overrides": []},
 }
-STUDY_DEFAULTS = {"name": "study", "output_dir": "runs/study", "overrides": [], "runs": []}
+COMPARISON_DEFAULTS = {"arm": "", "baseline": "", "claim": ""}
+STUDY_DEFAULTS = {
+    "name": "study",
+    "output_dir": "runs/study",
+    "description": "",  # shown at the top of the report: what was shortened or shrunk, and why
+    "seeds": [],  # empty: one run per arm with the configs' own seeds, in <output_dir>/<name>
+    "jobs": 1,  # steps run at once
+    "threads": 0,  # CPU threads per step (OMP_NUM_THREADS); 0 = cores // jobs, unless OMP_NUM_THREADS is set
+    "overrides": [],
+    "runs": [],
+    "comparisons": [],  # [{arm, baseline, claim}]: differences the report states, or says are not resolved
+}
 
 
 @dataclass
@@ -55,6 +74,20 @@ def load_study(path: str, overrides=()) -> dict:
         names.add(run.name)
         runs.append(run)
     study.runs = runs
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in study.seeds) or len(set(study.seeds)) != len(
+            study.seeds):
+        raise ConfigError(f"study {path}: 'seeds' must be distinct integers, got {study.seeds!r}")
+    if study.jobs < 1 or study.threads < 0:
+        raise ConfigError(f"study {path}: 'jobs' must be >= 1 and 'threads' >= 0 (got {study.jobs}, {study.threads})")
+    comparisons = []
+    for index, raw in enumerate(study.comparisons):
+        comp = config_from_dict(COMPARISON_DEFAULTS, raw, f"{path} comparisons[{index}]")
+        for key in ("arm", "baseline"):
+            if comp[key] not in names:
+                raise ConfigError(f"study {path}: comparisons[{index}].{key} = {comp[key]!r} names no run "
+                                  f"(runs: {sorted(names)})")
+        comparisons.append(comp)
+    study.comparisons = comparisons
     return study
 
 
@@ -65,59 +98,131 @@ def _state(output_dir: Path):
     return done, started and not done
 
 
+def run_dirs(study) -> dict:
+    """Arm name → its detection run folders (one per seed)."""
+    root = Path(study.output_dir)
+    if not study.seeds:
+        return {run.name: [root / run.name] for run in study.runs}
+    return {run.name: [root / run.name / f"seed{s}" for s in study.seeds] for run in study.runs}
+
+
 def plan(study) -> List[Step]:
-    """The steps of a study in order, with completed ones marked done."""
+    """The steps of a study, seed by seed and each detector right after its pretraining (so parallel jobs finish
+    whole chains early), then the report; completed steps are marked done."""
     root = Path(study.output_dir)
     steps: List[Step] = []
-    pretrained = {}  # (backbone, dataset, config, overrides) → pretraining output dir, shared between runs
-    for run in study.runs:
-        weights: Optional[str] = run.weights
-        depends = []
-        if run.pretrain.dataset:
-            key = (run.backbone, run.pretrain.dataset, run.pretrain.config, tuple(run.pretrain.overrides))
-            if key not in pretrained:
-                name = f"{run.pretrain.dataset}_{run.backbone}"
-                taken = {p.name for p in pretrained.values()}
-                name = name if name not in taken else f"{name}_{len(pretrained)}"
-                out = root / "pretrain" / name
-                argv = [str(TOOLS / "pretrain.py"), "--arch", run.backbone, "--dataset", run.pretrain.dataset,
-                        "--output-dir", str(out)]
-                if run.pretrain.config:
-                    argv += ["--config", run.pretrain.config]
-                argv += list(run.pretrain.overrides)
-                steps.append(Step("pretrain", run.name, out, argv, *_state(out)))
-                pretrained[key] = out
-            weights = str(pretrained[key] / "model_final.pth")
-            depends = [str(pretrained[key])]
-        out = root / run.name
-        argv = [str(TOOLS / "train_det.py"), "--dataset", run.detection.dataset, "--backbone", run.backbone,
-                "--output-dir", str(out)]
-        if weights:
-            argv += ["--weights", weights]
-        if run.detection.config:
-            argv += ["--config", run.detection.config]
-        argv += list(study.overrides) + list(run.detection.overrides)
-        steps.append(Step("detect", run.name, out, argv, *_state(out), depends_on=depends))
+    pretrained = {}  # (backbone, dataset, config, overrides, seed) → pretraining output dir, shared between runs
+    seeds = study.seeds or [None]
+    folders = run_dirs(study)
+    for index, seed in enumerate(seeds):
+        for run in study.runs:
+            out = folders[run.name][index]
+            weights: Optional[str] = run.weights
+            depends = []
+            if run.pretrain.dataset:
+                key = (run.backbone, run.pretrain.dataset, run.pretrain.config, tuple(run.pretrain.overrides), seed)
+                if key not in pretrained:
+                    name = f"{run.pretrain.dataset}_{run.backbone}" + ("" if seed is None else f"_seed{seed}")
+                    taken = {p.name for p in pretrained.values()}
+                    name = name if name not in taken else f"{name}_{len(pretrained)}"
+                    pre_out = root / "pretrain" / name
+                    argv = [str(TOOLS / "pretrain.py"), "--arch", run.backbone, "--dataset", run.pretrain.dataset,
+                            "--output-dir", str(pre_out)]
+                    if run.pretrain.config:
+                        argv += ["--config", run.pretrain.config]
+                    argv += list(run.pretrain.overrides) + ([] if seed is None else [f"train.seed={seed}"])
+                    steps.append(Step("pretrain", name, pre_out, argv, *_state(pre_out)))
+                    pretrained[key] = pre_out
+                weights = str(pretrained[key] / "model_final.pth")
+                depends = [str(pretrained[key])]
+            argv = [str(TOOLS / "train_det.py"), "--dataset", run.detection.dataset, "--backbone", run.backbone,
+                    "--output-dir", str(out)]
+            if weights:
+                argv += ["--weights", weights]
+            if run.detection.config:
+                argv += ["--config", run.detection.config]
+            argv += list(study.overrides) + list(run.detection.overrides) + ([] if seed is None else [f"seed={seed}"])
+            label = run.name if seed is None else f"{run.name} seed {seed}"
+            steps.append(Step("detect", label, out, argv, *_state(out), depends_on=depends))
     report_dir = root / "report"
-    argv = [str(TOOLS / "report.py"), *[str(root / r.name) for r in study.runs], "-o", str(report_dir)]
-    steps.append(Step("report", "all", report_dir, argv))
-    return steps
+    argv = [str(TOOLS / "report.py"), "--study", str(root / MANIFEST), "-o", str(report_dir)]
+    return steps + [Step("report", "all", report_dir, argv, depends_on=[str(s.output_dir) for s in steps])]
+
+
+def manifest(study) -> dict:
+    """What the report needs to group runs into arms and state the comparisons (written as <output_dir>/study.json)."""
+    folders = run_dirs(study)
+    return {
+        "name": study.name,
+        "description": study.description,
+        "seeds": list(study.seeds),
+        "arms": [{"name": r.name, "backbone": r.backbone,
+                  "init": ("pretrained on " + r.pretrain.dataset) if r.pretrain.dataset else (r.weights or "scratch"),
+                  "runs": [str(p) for p in folders[r.name]]} for r in study.runs],
+        "comparisons": [dict(c) for c in study.comparisons],
+    }
+
+
+def step_env(study) -> dict:
+    env = dict(os.environ)
+    if study.threads:
+        env["OMP_NUM_THREADS"] = str(study.threads)
+    elif "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // study.jobs))
+    return env
 
 
 def run_study(study, dry_run: bool = False, log=print) -> List[Step]:
     steps = plan(study)
+    if not dry_run:
+        root = Path(study.output_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / MANIFEST, json.dumps(manifest(study), indent=1) + "\n")
+    env = step_env(study)
+    finished = {str(s.output_dir) for s in steps if s.done}
+    pending = [s for s in steps if not s.done]
     for step in steps:
         if step.done:
             log(f"[study] {step.kind} {step.run}: done ({step.output_dir / 'final.json'}), skipped")
-            continue
-        command = step.command()
-        log(f"[study] {step.kind} {step.run}{' (resuming)' if step.resume else ''}: {shlex.join(command)}")
-        if dry_run:
-            continue
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"study step '{step.kind} {step.run}' failed with exit code {result.returncode}; "
-                f"fix the cause and run the study again: finished steps are skipped, this one resumes"
-            )
+    if dry_run:
+        for step in pending:
+            log(f"[study] {step.kind} {step.run}: {shlex.join(step.command())}")
+        return steps
+    running = {}  # Popen → (step, log file or None, start time)
+    try:
+        while pending or running:
+            ready = [s for s in pending if all(d in finished for d in s.depends_on)]
+            while ready and len(running) < study.jobs:
+                step = ready.pop(0)
+                pending.remove(step)
+                command = step.command()
+                log(f"[study] {step.kind} {step.run}{' (resuming)' if step.resume else ''}: {shlex.join(command)}")
+                out = None
+                if study.jobs > 1:  # parallel steps: each writes its own log instead of interleaving on the terminal
+                    step.output_dir.mkdir(parents=True, exist_ok=True)
+                    out = open(step.output_dir / "log.txt", "a")
+                    log(f"[study]   log: {step.output_dir / 'log.txt'}")
+                running[subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)] = (
+                    step, out, time.time())
+            if not running:
+                raise RuntimeError("study steps wait for steps that never ran: " +
+                                   ", ".join(f"{s.kind} {s.run}" for s in pending))
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                step, out, start = running.pop(proc)
+                if out:
+                    out.close()
+                if proc.returncode != 0:
+                    where = f" (log: {step.output_dir / 'log.txt'})" if out else ""
+                    raise RuntimeError(
+                        f"study step '{step.kind} {step.run}' failed with exit code {proc.returncode}{where}; fix "
+                        f"the cause and run the study again: finished steps are skipped, this one resumes")
+                log(f"[study] {step.kind} {step.run}: finished in {time.time() - start:.0f} s")
+                finished.add(str(step.output_dir))
+    finally:
+        for proc, (step, out, _) in running.items():  # a failure or Ctrl-C stops the other running steps too
+            proc.terminate()
+            proc.wait()
+            if out:
+                out.close()
     return steps

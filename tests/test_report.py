@@ -146,3 +146,54 @@ def test_bad_run_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is it a run folder"):
         load_run(tmp_path / "empty")
+
+
+def _seeded_run(path: Path, backbone: str, ap50: float, ap: float) -> Path:
+    run = make_run(path, backbone, quality=2, dataset="digits")
+    metrics_file = run / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["bbox"].update(AP50=ap50, AP=ap)
+    metrics_file.write_text(json.dumps(metrics))
+    return run
+
+
+def test_study_report_shows_mean_and_spread_and_states_only_resolved_differences(tmp_path):
+    values = {"res": [(82.0, 50.0), (86.0, 54.0)], "plain": [(60.0, 41.0), (70.0, 53.0)]}
+    arms = []
+    for name, backbone in (("res", "resnet56"), ("plain", "plain56")):
+        runs = [str(_seeded_run(tmp_path / name / f"seed{s}", backbone, *values[name][s])) for s in (0, 1)]
+        arms.append({"name": name, "backbone": backbone, "init": "pretrained on digits", "runs": runs})
+    manifest = {"name": "t", "description": "shortened schedules", "seeds": [0, 1], "arms": arms,
+                "comparisons": [{"arm": "res", "baseline": "plain", "claim": "shortcuts help"}]}
+    (tmp_path / "study.json").write_text(json.dumps(manifest))
+    tool = runpy.run_path(str(REPO / "tools" / "report.py"))
+    args = tool["get_args_parser"]().parse_args(["--study", str(tmp_path / "study.json"), "-o", str(tmp_path / "out")])
+    assert tool["main"](args) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "shortened schedules" in md
+    assert "| res | resnet56 | pretrained on digits | 2 | 100 | 84.0 ± 2.0 (82.0, 86.0) | 52.0 ± 2.0 (50.0, 54.0)" in md
+    assert "| plain | plain56 | pretrained on digits | 2 | 100 | 65.0 ± 5.0 (60.0, 70.0) | 47.0 ± 6.0 (41.0, 53.0)" in md
+    # AP50: +19.0 exceeds 2.0 + 5.0; AP: +5.0 lies within 2.0 + 6.0
+    assert "| shortcuts help | res − plain | AP50 | +19.0 | ± 7.0 | resolved |" in md
+    assert "| shortcuts help | res − plain | AP | +5.0 | ± 8.0 | not resolved at this scale |" in md
+    assert "res beats plain by 19.0 AP50 points" in md
+    assert "00_res_samples.png" in md and "01_plain_samples.png" in md  # each arm's first seed, sample grid included
+    check_self_contained((tmp_path / "out" / "report.html").read_text(), min_images=9)
+
+    # overlapping seed ranges: the same difference of means is no longer stated
+    values["plain"] = [(60.0, 41.0), (100.0, 53.0)]
+    for s in (0, 1):
+        _seeded_run(tmp_path / "plain" / f"seed{s}", "plain56", *values["plain"][s])
+    assert tool["main"](args) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| shortcuts help | res − plain | AP50 | +4.0 | ± 22.0 | not resolved at this scale |" in md
+    assert "beats" not in md and "not resolved at this scale." in md
+
+
+def test_study_report_errors_are_named(tmp_path):
+    from detection.reports import build_study_report
+    with pytest.raises(FileNotFoundError, match="study manifest .* not found"):
+        build_study_report(tmp_path / "missing.json", tmp_path / "out")
+    (tmp_path / "bad.json").write_text("{\"arms\": []}")
+    with pytest.raises(ValueError, match="non-empty 'arms'"):
+        build_study_report(tmp_path / "bad.json", tmp_path / "out")

@@ -2,13 +2,14 @@
 """Run a backbone-swap study: pretrain → train_det → eval → report for several backbones; re-running resumes.
 
     python tools/study.py --config configs/study/digits.yaml
-    python tools/study.py --config configs/study/voc0712_vgg16_vs_resnet101.yaml --dry-run
+    python tools/study.py --config configs/study/digits_table7.yaml --dry-run
     python tools/study.py --config configs/study/digits.yaml output_dir=runs/mystudy
 
 The study report (Markdown + HTML, with the paper's Tables 7/8 beside the measured deltas) is written to
 <output_dir>/report/.
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="study-level overrides, e.g. output_dir=X")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    # `kill` of the study stops its running steps too (run_study terminates them on the way out).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         study = load_study(args.config, args.overrides)
         run_study(study, dry_run=args.dry_run)

@@ -11,6 +11,7 @@ from .figures import plot_pr_overall, plot_pr_per_class, plot_training
 from .paper import PAPER_BENCHMARKS, PAPER_CITATION, metric_value
 from .run_data import RunData, load_run
 from .sample_grid import plot_sample_grid
+from .study_report import load_manifest, study_blocks
 
 SECTION_TITLES = {"bbox": "COCO-style", "voc": "PASCAL VOC devkit"}
 PANEL_AP = {"bbox": "AP50", "voc": "VOC07 11-point AP"}
@@ -195,6 +196,21 @@ def build_report(run_dirs: Sequence, out_dir, baseline: Optional[str] = None,
                 blocks.append(Figure(path, f"All runs, {SECTION_TITLES[section]}, mean over classes"))
         for i, run in enumerate(runs):
             blocks += run_blocks(run, out_dir, f"{i:02d}_{_slug(run.name)}", 2, score_threshold)
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md_path, render_markdown(title, blocks, out_dir))
+    atomic_write_text(html_path, render_html(title, blocks))
+    return md_path, html_path
+
+
+def build_study_report(manifest_path, out_dir, score_threshold: float = 0.5) -> Tuple[Path, Path]:
+    """The report of a tools/study.py study (its ``study.json``): arms as mean ± spread over seeds, comparisons,
+    and the details of each arm's first seed."""
+    manifest = load_manifest(manifest_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blocks = study_blocks(manifest, out_dir, lambda run, out, prefix, arm: run_blocks(
+        run, out, _slug(prefix), 2, score_threshold))
+    title = f"resdet study: {manifest.get('name', 'study')}"
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(title, blocks, out_dir))
     atomic_write_text(html_path, render_html(title, blocks))
