@@ -192,7 +192,7 @@ def test_shipped_studies_validate(name):
     assert sum(s.kind == "detect" for s in steps) == len(study.runs) * len(study.seeds)
     for step in steps[:-1]:
         tool = tools[step.kind]
-        cfg = tool["setup"](tool["get_args_parser"]().parse_args(step.argv[1:]))  # raises ConfigError if invalid
+        cfg, _ = tool["setup"](tool["get_args_parser"]().parse_args(step.argv[1:]))  # raises ConfigError if invalid
         if step.kind == "pretrain":
             validate_pretrain(cfg)
         else:
