@@ -4,7 +4,7 @@
     python tools/convert_weights.py R-50.pkl r50_msra.pth --from msra --to resdet --arch resnet50
     python tools/convert_weights.py r50_msra.pth r50.pkl --from resdet --to detectron2 --arch resnet50
     # whole C4 Faster R-CNN detectors (docs/WEIGHTS.md):
-    python tools/convert_weights.py model_final_721ade.pkl r50_c4_coco.pth --from detectron2 --to resdet \
+    python tools/convert_weights.py model_final_721ade.pkl r50_c4_coco.pth --from detectron2 --to resdet \\
         --arch resnet50 --detector --classes coco
     python tools/convert_weights.py RUN/model_final.pth r50_c4.pkl --from resdet --to detectron2 --arch resnet50 --detector
     python tools/convert_weights.py IMAGENET1K_V2 r50_tv.safetensors --from torchvision --to safetensors --arch resnet50
