@@ -2,7 +2,7 @@
 """Plot training (dashed) and validation (bold) top-1 error against iterations for several pretraining runs,
 and print their final.json figures as a Markdown table.
 
-    tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \
+    tools/plot_curves.py runs/digits/plain20 runs/digits/plain56 runs/digits/resnet20 runs/digits/resnet56 \\
         -o docs/figures/digits_degradation.png --title "digits, 16×16" --panels
 """
 import argparse
