@@ -7,6 +7,8 @@
 from pathlib import Path
 from typing import Optional
 
+from backbones.utils.config import recipe_path
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
 # The CPU demo's detector backbone (configs/detection/digits_<name>.yaml, the `make demo` study's best arm).
@@ -25,7 +27,4 @@ def default_backbone(dataset: str) -> Optional[str]:
 
 def default_config_path(dataset: str, backbone: str) -> Optional[Path]:
     """``configs/detection/<dataset>_<backbone>.yaml`` if it exists, else ``<dataset>_base.yaml``, else None."""
-    for name in (f"{dataset}_{backbone}.yaml", f"{dataset}_base.yaml"):
-        if (CONFIG_DIR / name).is_file():
-            return CONFIG_DIR / name
-    return None
+    return recipe_path(CONFIG_DIR, dataset, backbone)

@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..norm import NORMS
 from ..registry import get_spec, list_backbones
-from ..utils.config import Config, ConfigError
+from ..utils.config import Config, ConfigError, recipe_path
 from ..weights.meta import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .datasets import DATASETS
 from .schedule import POLICIES, WARMUP_METHODS
@@ -107,10 +107,7 @@ def paper_dataset(arch: str) -> Optional[str]:
 
 def default_config_path(dataset: str, arch: str) -> Optional[Path]:
     """``configs/pretrain/<dataset>_<arch>.yaml`` if it exists, else ``<dataset>_base.yaml``, else None."""
-    for name in ([f"{dataset}_{arch}.yaml"] if arch else []) + [f"{dataset}_base.yaml"]:
-        if (CONFIG_DIR / name).is_file():
-            return CONFIG_DIR / name
-    return None
+    return recipe_path(CONFIG_DIR, dataset, arch)
 
 
 def _fail(key: str, message: str) -> ConfigError:

@@ -137,6 +137,14 @@ def _read_yaml(path: Path, seen: Iterable[Path] = ()) -> List[dict]:
     return chain + [(path, data)]
 
 
+def recipe_path(config_dir: Path, dataset: str, name: str = "") -> Optional[Path]:
+    """``<config_dir>/<dataset>_<name>.yaml`` if it exists, else ``<dataset>_base.yaml``, else None."""
+    for file in ([f"{dataset}_{name}.yaml"] if name else []) + [f"{dataset}_base.yaml"]:
+        if (config_dir / file).is_file():
+            return config_dir / file
+    return None
+
+
 def parse_override(text: str):
     """``a.b=value`` → (``a.b``, YAML-parsed value)."""
     if "=" not in text:

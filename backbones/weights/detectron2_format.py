@@ -104,14 +104,20 @@ def select_resnet_weights(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[
     return kept, dropped
 
 
-def detectron2_to_resdet(state_dict: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-    """Rename a detectron2 ResNet state dict to resdet names; every unknown key is listed in one error."""
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rename) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """``state_dict`` under ``rename(key)``, and the keys ``rename`` refused with ``UnknownKeysError``."""
     out, unknown = {}, []
     for key, value in state_dict.items():
         try:
-            out[detectron2_name_to_resdet(key)] = value
+            out[rename(key)] = value
         except UnknownKeysError:
             unknown.append(key)
+    return out, unknown
+
+
+def detectron2_to_resdet(state_dict: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    """Rename a detectron2 ResNet state dict to resdet names; every unknown key is listed in one error."""
+    out, unknown = rename_keys(state_dict, detectron2_name_to_resdet)
     if unknown:
         raise UnknownKeysError(
             f"{source}: {len(unknown)} keys are not detectron2 ResNet names: {', '.join(sorted(unknown)[:20])}"

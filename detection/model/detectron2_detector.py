@@ -25,7 +25,7 @@ import torch
 from backbones.registry import get_spec
 from backbones.utils.atomic_io import atomic_write_bytes, atomic_write_text
 from backbones.weights.detectron2_format import (DETECTRON2_MEAN_BGR, UnknownKeysError, detectron2_config,
-                                                 detectron2_name_to_resdet, resdet_name_to_detectron2)
+                                                 detectron2_name_to_resdet, rename_keys, resdet_name_to_detectron2)
 from backbones.weights.meta import WeightsMeta
 from backbones.weights.weight_files import find_state_dict, read_weights_file, strip_common_prefix, to_tensors
 
@@ -104,12 +104,7 @@ def arch_depth(arch: str) -> int:
 def detectron2_to_resdet_state(state: Mapping[str, torch.Tensor], source: str,
                                background_box: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """Rename every key and move the background class first; unknown keys are one error naming them."""
-    out, unknown = {}, []
-    for key, value in state.items():
-        try:
-            out[_to_resdet_name(key)] = value
-        except UnknownKeysError:
-            unknown.append(key)
+    out, unknown = rename_keys(state, _to_resdet_name)
     if unknown:
         raise DetectorFormatError(f"{source}: {len(unknown)} keys are not part of a detectron2 C4 Faster R-CNN: "
                                   f"{', '.join(sorted(unknown)[:20])}")
