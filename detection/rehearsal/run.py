@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
+
 from backbones.utils.atomic_io import atomic_write_json, atomic_write_text
 from backbones.utils.metrics_log import read_metrics
 from detection.data import DataIssues, DetectionDataset, TrainAugmentation
@@ -260,6 +262,16 @@ class Rehearsal:
         self._launch("report", command)
 
     def evaluate_one_process(self, max_images: int = 0, output_dir=None) -> dict:
+        # Same threads per process as the launched ranks: a different count changes float reductions in the convs,
+        # so the detections would differ by rounding for a reason other than the world size.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
+        try:
+            return self._evaluate_checkpoint(max_images, output_dir)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _evaluate_checkpoint(self, max_images: int, output_dir) -> dict:
         return evaluate_checkpoint(self.run_dir / "model_final.pth",
                                    {"test_ann_file": str(self.ann("val")), "test_image_dir": str(self.images("val"))},
                                    output_dir=output_dir, device="cpu", max_images=max_images, progress=False)
