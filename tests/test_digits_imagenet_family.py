@@ -13,10 +13,11 @@ def test_pretrain_digits_resolves_the_family_recipe(arch, empty_cwd):
     assert code == 0, err
     assert config_file(header) == f"digits_{arch}.yaml"
     assert cfg["model"]["arch"] == arch and cfg["data"]["dataset"] == "digits"
-    # 32 px: a res4 map of 2x2 per digit, as for a mid-size digit on the 128-px detection canvases (16 px gives 1x1);
-    # painted on the detection canvases (a white-on-black classifier reads canvas crops at chance).
-    assert (cfg["data"]["digits_size"], cfg["data"]["digits_background"]) == (32, "canvas")
-    assert (cfg["solver"]["max_iter"], cfg["solver"]["steps"]) == (600, [300, 450])
+    # A 12-40 px digit anywhere on a 48-px patch of canvas texture: classifiers of digits that fill the image read
+    # a digit surrounded by texture at chance, so their features cannot transfer to detection RoIs.
+    d, s = cfg["data"], cfg["solver"]
+    assert (d["digits_size"], d["digits_background"], d["digits_heights"]) == (48, "context", [12, 40])
+    assert (s["base_lr"], s["batch_size"], s["max_iter"], s["steps"]) == (0.04, 64, 1500, [1000, 1300])
 
 
 @pytest.mark.parametrize("arch", IMAGENET_ARCHS)
@@ -30,8 +31,9 @@ def test_detect_digits_resolves_the_family_recipe(arch, empty_cwd):
     assert m["anchor_sizes"] == [16, 32, 64]
     if arch == "vgg16":  # the paper's VGG-16 detector: RoIPool 7x7 -> fc6/fc7
         assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("pool", 7)
-    else:
-        assert m["roi_heads"]["pooler"] == "align"
+    else:  # 4x4 -> res5 2x2, the res5 map of a 48-px pretraining image
+        assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("align", 4)
+    assert (cfg["solver"]["max_iter"], cfg["solver"]["steps"], cfg["solver"]["base_lr"]) == (600, [450], 0.02)
 
 
 def test_canvas_digits_look_like_detection_crops():
@@ -51,4 +53,30 @@ def test_canvas_digits_look_like_detection_crops():
 def test_bad_digits_background_is_a_config_error(empty_cwd):
     code, _, _, err = print_config("pretrain.py", "--arch", "resnet18", "--dataset", "digits",
                                    "data.digits_background=grey")
-    assert code == 2 and "data.digits_background" in err and "black, canvas" in err
+    assert code == 2 and "data.digits_background" in err and "black, canvas, context" in err
+
+
+def test_context_digits_are_redrawn_for_every_training_draw():
+    from backbones.pretrain.datasets.digits import DigitsDataset
+    from backbones.pretrain.sampler import AugmentedDataset
+
+    train = DigitsDataset("train", 48, background="context", heights=(12, 40))
+    identity = lambda image, generator: image  # noqa: E731
+    items = AugmentedDataset(train, identity, seed=0)
+    a, label = items[(0, 5)]
+    assert a.shape == (3, 48, 48) and label == train.labels[5]
+    assert torch.equal(a, items[(0, 5)][0])  # the same (epoch, index) draws the same image (resume is exact)
+    assert not torch.equal(a, items[(1, 5)][0])  # a new epoch draws a new texture, size and place
+    # Validation is drawn once, the same in every construction; ink anywhere, not only at the centre.
+    val = DigitsDataset("val", 48, background="context", heights=(12, 40))
+    assert val.images.shape == (360, 3, 48, 48)
+    assert torch.equal(val.images, DigitsDataset("val", 48, background="context", heights=(12, 40)).images)
+    with pytest.raises(ValueError, match="heights"):
+        DigitsDataset("val", 32, background="context", heights=(12, 40))
+
+
+def test_context_digits_heights_must_fit_the_image(empty_cwd):
+    code, _, _, err = print_config("pretrain.py", "--arch", "resnet18", "--dataset", "digits",
+                                   "data.digits_background=context", "data.digits_size=32",
+                                   "data.digits_heights=[12, 40]")
+    assert code == 2 and "data.digits_heights" in err and "<= data.digits_size (32)" in err

@@ -11,7 +11,7 @@ def test_vgg16_digits_pretraining_uses_inputs_its_pools_can_take():
     assert path is not None and path.name == "digits_vgg16.yaml"
     cfg = load_config(PRETRAIN_DEFAULTS, str(path), ["data.dataset=digits"])
     validate(cfg)
-    assert cfg.model.arch == "vgg16" and cfg.data.digits_size == 32
+    assert cfg.model.arch == "vgg16" and cfg.data.digits_size == 48
     model = build_backbone("vgg16", num_classes=10).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, cfg.data.digits_size, cfg.data.digits_size)).shape == (1, 10)

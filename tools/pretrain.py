@@ -84,7 +84,7 @@ def run_eval_only(cfg, args) -> dict:
         validate(cfg, info.world_size)
         model.to(info.device)
         _, val_set = build_datasets(cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout,
-                                    cfg.data.digits_size)
+                                    cfg.data.digits_size, cfg.data.digits_background, cfg.data.digits_heights)
         settings = eval_settings(cfg)
         settings.update(mean=meta.mean, std=meta.std)  # the normalisation the weights were trained with
         result = evaluate(model, val_set, device=info.device, progress=cfg.train.progress and info.is_main,

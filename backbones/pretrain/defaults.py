@@ -35,7 +35,9 @@ PRETRAIN_DEFAULTS = {
         "on_error": "raise",          # unreadable image: raise | skip (replaced by the next one, with a warning)
         "holdout": 0,                 # CIFAR-10: images held out of the 50k as validation (paper's search: 5000)
         "digits_size": 16,            # digits: upsampled side length
-        "digits_background": "black",  # digits: black | canvas (ink on the detection set's textured canvases)
+        "digits_background": "black",  # digits: black | canvas (ink on the detection set's textured canvases) |
+                                       # context (a digit of digits_heights px anywhere on a digits_size texture)
+        "digits_heights": [12, 40],   # digits, context: digit height range (the detection canvases' 12-40 px)
     },
     "augment": {
         "scale": [256, 480],          # random shorter side [min, max]; [] keeps the input size
@@ -146,7 +148,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("data.holdout", d.holdout, strict=False)
     if d.digits_size < 8:
         raise _fail("data.digits_size", f"must be >= 8 (the images are 8×8), got {d.digits_size}")
-    choice("data.digits_background", d.digits_background, ("black", "canvas"))
+    choice("data.digits_background", d.digits_background, ("black", "canvas", "context"))
+    if d.digits_background == "context":
+        heights = d.digits_heights
+        if not (isinstance(heights, list) and len(heights) == 2 and all(isinstance(v, int) for v in heights)
+                and 4 <= heights[0] <= heights[1] <= d.digits_size):
+            raise _fail("data.digits_heights", f"must be [low, high] with 4 <= low <= high <= data.digits_size "
+                                               f"({d.digits_size}), got {heights}")
 
     if a.scale and (len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]):
         raise _fail("augment.scale", f"must be [] or [min, max] with 0 < min <= max, got {a.scale}")

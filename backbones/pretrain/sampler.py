@@ -61,5 +61,7 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, key: Tuple[int, int]):
         epoch, index = key
-        image, label = self.base[index]
-        return self.transform(image, generator_for(self.seed, epoch, index)), label
+        generator = generator_for(self.seed, epoch, index)
+        # Datasets that draw their images (digits on context canvases) take the same per-item generator.
+        image, label = self.base.sample(index, generator) if hasattr(self.base, "sample") else self.base[index]
+        return self.transform(image, generator), label

@@ -100,7 +100,7 @@ class Trainer:
         seed_everything(t.seed)
         train_set, val_set = self.datasets or build_datasets(
             cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout, cfg.data.digits_size,
-            cfg.data.digits_background)
+            cfg.data.digits_background, cfg.data.digits_heights)
         categories = train_set.categories
         model, model_kwargs = build_classifier(cfg.model.arch, len(categories), cfg.model.shortcut,
                                                cfg.model.stride_in_1x1, cfg.model.norm, cfg.model.zero_init_residual)

@@ -13,7 +13,8 @@ DEFAULT_ROOTS = {"imagenet": "datasets/imagenet", "cifar10": "datasets/cifar10",
 
 
 def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: int = 0,
-                   digits_size: int = 16, digits_background: str = "black") -> Tuple[Dataset, Dataset]:
+                   digits_size: int = 16, digits_background: str = "black",
+                   digits_heights=(12, 40)) -> Tuple[Dataset, Dataset]:
     """(training set, validation set) of dataset ``name``; ``root`` "" means the default under ``datasets/``.
 
     Validation is ImageNet's ``val``, CIFAR-10's ``test_batch`` (or the held-out part of the training batches when
@@ -27,8 +28,8 @@ def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: 
         return train, ImageFolderDataset(root, "val", on_error, classes=train.categories)
     if name == "cifar10":
         return Cifar10Dataset(root, "train", holdout), Cifar10Dataset(root, "val" if holdout else "test", holdout)
-    return (DigitsDataset("train", digits_size, digits_background),
-            DigitsDataset("val", digits_size, digits_background))
+    return (DigitsDataset("train", digits_size, digits_background, digits_heights),
+            DigitsDataset("val", digits_size, digits_background, digits_heights))
 
 
 __all__ = ["build_datasets", "DATASETS", "DatasetError", "DatasetNotFoundError", "Cifar10Dataset", "DigitsDataset",

@@ -41,3 +41,22 @@ def paint_on_canvas(alphas: np.ndarray, seed: int) -> np.ndarray:
         a = alphas[i][..., None]
         out[i] = patch * (1 - a) + ink * a
     return out
+
+
+def paint_in_context(alpha: np.ndarray, side: int, heights, rng: np.random.Generator) -> np.ndarray:
+    """One 8×8 ink alpha → side×side×3 float image: the digit drawn as on the detection canvases (height uniform in
+    ``heights``, width 0.75-1.0 × height, bilinear, anywhere fully inside) on a fresh texture.
+
+    Pretraining on these makes res4 features of a digit independent of where it sits and of the image border: a
+    classifier trained on digits filling a 32×32 image (``paint_on_canvas``) drops from 94 % to chance when the same
+    digit is surrounded by 8 px of texture, so its features cannot transfer to RoIs of a detection canvas.
+    """
+    img = texture(rng, side, side)
+    h = int(rng.integers(heights[0], heights[1] + 1))
+    w = max(4, int(round(h * rng.uniform(0.75, 1.0))))
+    a = np.clip(np.asarray(Image.fromarray(alpha.astype(np.float32)).resize((w, h), Image.BILINEAR)), 0, 1)
+    y0, x0 = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
+    patch = img[y0:y0 + h, x0:x0 + w]
+    ink = ink_colour(rng, patch).astype(np.float32)
+    img[y0:y0 + h, x0:x0 + w] = patch * (1 - a[..., None]) + ink * a[..., None]
+    return img

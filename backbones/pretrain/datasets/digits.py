@@ -3,16 +3,19 @@
 Fixed split: stratified by class with ``random_state=0`` into 1437 training and 360 validation images (the same split
 on every machine, independent of the run's seed). Pixels (0..16) are scaled to [0, 1], upsampled bilinearly to
 ``size``×``size`` for the CIFAR-style nets and replicated to 3 channels (``background="black"``), or painted as ink on
-the detection set's textured colour canvases (``background="canvas"``, ``digit_canvas.py``; fixed patches per split).
+the detection set's textured colour canvases (``background="canvas"``, ``digit_canvas.py``; fixed patches per split),
+or drawn as on a detection canvas (``background="context"``: a digit ``heights`` px tall anywhere on a ``size``-px
+texture, redrawn for every (epoch, index) of training through ``sample``; validation images are drawn once).
 """
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 DIGITS_VAL_SIZE = 360
 DIGITS_SPLIT_SEED = 0
-BACKGROUNDS = ("black", "canvas")
+BACKGROUNDS = ("black", "canvas", "context")
 CANVAS_SEEDS = {"train": 1, "val": 2}  # fixed canvas patches per split, independent of the run's seed
 CATEGORIES = [str(d) for d in range(10)]
 
@@ -20,7 +23,8 @@ CATEGORIES = [str(d) for d in range(10)]
 class DigitsDataset(torch.utils.data.Dataset):
     """``split`` "train" (1437 images) or "val" (360); items are (3×size×size float tensor in [0, 1], label)."""
 
-    def __init__(self, split: str = "train", size: int = 16, background: str = "black"):
+    def __init__(self, split: str = "train", size: int = 16, background: str = "black",
+                 heights: Sequence[int] = (12, 40)):
         if split not in ("train", "val"):
             raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
         if size < 8:
@@ -37,6 +41,19 @@ class DigitsDataset(torch.utils.data.Dataset):
         )
         chosen = sorted(train_idx if split == "train" else val_idx)
         images = torch.from_numpy(digits.images[chosen]).float().div_(16.0).unsqueeze(1)
+        self.labels: List[int] = [int(t) for t in digits.target[chosen]]
+        self.categories = CATEGORIES
+        self.split = split
+        self.background, self.size, self.heights = background, size, tuple(int(h) for h in heights)
+        self._alphas: Optional[np.ndarray] = None
+        if background == "context":
+            if not 4 <= self.heights[0] <= self.heights[1] <= size:
+                raise ValueError(f"digits heights must satisfy 4 <= low <= high <= size ({size}), got {list(heights)}")
+            self._alphas = images[:, 0].numpy()
+            if split == "val":
+                self.images = torch.stack([self._draw(i, np.random.default_rng((CANVAS_SEEDS[split], i)))
+                                           for i in range(len(self.labels))])
+            return
         if size != 8:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
         if background == "canvas":
@@ -46,12 +63,24 @@ class DigitsDataset(torch.utils.data.Dataset):
             self.images = torch.from_numpy(painted).permute(0, 3, 1, 2).contiguous()
         else:
             self.images = images.expand(-1, 3, -1, -1).contiguous()
-        self.labels: List[int] = [int(t) for t in digits.target[chosen]]
-        self.categories = CATEGORIES
-        self.split = split
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _draw(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        from .digit_canvas import paint_in_context
+
+        painted = paint_in_context(self._alphas[index], self.size, self.heights, rng)
+        return torch.from_numpy(painted).permute(2, 0, 1).contiguous()
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        if self._alphas is not None and self.split == "train":
+            return self._draw(index, np.random.default_rng((CANVAS_SEEDS[self.split], index))), self.labels[index]
         return self.images[index], self.labels[index]
+
+    def sample(self, index: int, generator: torch.Generator) -> Tuple[torch.Tensor, int]:
+        """Item ``index`` for one training draw: with ``background="context"`` a fresh drawing per generator."""
+        if self._alphas is None or self.split != "train":
+            return self[index]
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+        return self._draw(index, np.random.default_rng(seed)), self.labels[index]
