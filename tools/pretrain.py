@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.pretrain import (PRETRAIN_DEFAULTS, Trainer, default_config_path, evaluate,  # noqa: E402
                                 load_classifier, paper_dataset)
-from backbones.pretrain.datasets import DATASETS, DatasetError, build_datasets  # noqa: E402
+from backbones.pretrain.datasets import DATASETS, DatasetError, build_datasets_for  # noqa: E402
 from backbones.pretrain.defaults import validate  # noqa: E402
 from backbones.pretrain.trainer import eval_settings  # noqa: E402
 from backbones.utils.atomic_io import atomic_write_json  # noqa: E402
@@ -83,8 +83,7 @@ def run_eval_only(cfg, args) -> dict:
     try:
         validate(cfg, info.world_size)
         model.to(info.device)
-        _, val_set = build_datasets(cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout,
-                                    cfg.data.digits_size, cfg.data.digits_background, cfg.data.digits_heights)
+        _, val_set = build_datasets_for(cfg.data)
         settings = eval_settings(cfg)
         settings.update(mean=meta.mean, std=meta.std)  # the normalisation the weights were trained with
         result = evaluate(model, val_set, device=info.device, progress=cfg.train.progress and info.is_main,

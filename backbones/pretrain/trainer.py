@@ -27,7 +27,7 @@ from ..utils.progress import TrainingProgress
 from ..utils.precision import autocast_dtype
 from ..utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 from ..utils.run_dir import prepare_run_dir
-from .datasets import build_datasets
+from .datasets import build_datasets_for
 from .defaults import validate
 from .error_window import ErrorWindow
 from .evaluation import evaluate
@@ -98,9 +98,7 @@ class Trainer:
         device = info.device
         started, cpu_started = time.time(), time.process_time()
         seed_everything(t.seed)
-        train_set, val_set = self.datasets or build_datasets(
-            cfg.data.dataset, cfg.data.root, cfg.data.on_error, cfg.data.holdout, cfg.data.digits_size,
-            cfg.data.digits_background, cfg.data.digits_heights)
+        train_set, val_set = self.datasets or build_datasets_for(cfg.data)
         categories = train_set.categories
         model, model_kwargs = build_classifier(cfg.model.arch, len(categories), cfg.model.shortcut,
                                                cfg.model.stride_in_1x1, cfg.model.norm, cfg.model.zero_init_residual)

@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from backbones.pretrain.datasets.digit_canvas import ink_colour, texture
+from backbones.pretrain.datasets.digit_canvas import ink_digit, scaled_alpha, texture
 from backbones.utils.atomic_io import atomic_write_json
 
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
@@ -50,18 +50,14 @@ def render_image(rng: np.random.Generator, digit_images: np.ndarray, digit_label
             dw = max(4, int(round(size * rng.uniform(0.75, 1.0))))
             x0, y0 = int(rng.integers(0, w - dw + 1)), int(rng.integers(0, h - size + 1))
             k = int(rng.integers(len(digit_images)))
-            alpha = np.asarray(Image.fromarray((digit_images[k] / 16.0).astype(np.float32)).resize((dw, size),
-                                                                                                   Image.BILINEAR))
-            alpha = np.clip(alpha, 0, 1)
+            alpha = scaled_alpha(digit_images[k] / 16.0, dw, size)
             ys, xs = np.nonzero(alpha > INK_THRESHOLD)
             if len(xs) == 0:
                 continue
             box = [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
             if any(_iou(box, other) > 0.1 for other, _ in objects):
                 continue
-            patch = img[y0:y0 + size, x0:x0 + dw]
-            ink = ink_colour(rng, patch)
-            img[y0:y0 + size, x0:x0 + dw] = patch * (1 - alpha[..., None]) + ink.astype(np.float32) * alpha[..., None]
+            ink_digit(img, alpha, y0, x0, rng)
             objects.append((box, int(digit_labels[k])))
             break
     return (img * 255 + 0.5).astype(np.uint8), objects

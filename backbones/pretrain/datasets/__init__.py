@@ -32,5 +32,11 @@ def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: 
             DigitsDataset("val", digits_size, digits_background, digits_heights))
 
 
-__all__ = ["build_datasets", "DATASETS", "DatasetError", "DatasetNotFoundError", "Cifar10Dataset", "DigitsDataset",
+def build_datasets_for(data) -> Tuple[Dataset, Dataset]:
+    """``build_datasets`` with every argument from a pretraining config's ``data`` section."""
+    return build_datasets(data.dataset, data.root, data.on_error, data.holdout, data.digits_size,
+                          data.digits_background, data.digits_heights)
+
+
+__all__ = ["build_datasets", "build_datasets_for", "DATASETS", "DatasetError", "DatasetNotFoundError", "Cifar10Dataset", "DigitsDataset",
            "ImageFolderDataset"]

@@ -43,6 +43,19 @@ def paint_on_canvas(alphas: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
+def scaled_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An ink alpha in [0, 1] resized bilinearly to height×width, as the detection canvases draw digits."""
+    return np.clip(np.asarray(Image.fromarray(alpha.astype(np.float32)).resize((width, height), Image.BILINEAR)), 0, 1)
+
+
+def ink_digit(img: np.ndarray, alpha: np.ndarray, y0: int, x0: int, rng: np.random.Generator) -> None:
+    """Paint ``alpha`` into ``img`` (in place) at (y0, x0) with the ink colour the patch under it calls for."""
+    h, w = alpha.shape
+    patch = img[y0:y0 + h, x0:x0 + w]
+    ink = ink_colour(rng, patch).astype(np.float32)
+    img[y0:y0 + h, x0:x0 + w] = patch * (1 - alpha[..., None]) + ink * alpha[..., None]
+
+
 def paint_in_context(alpha: np.ndarray, side: int, heights, rng: np.random.Generator) -> np.ndarray:
     """One 8×8 ink alpha → side×side×3 float image: the digit drawn as on the detection canvases (height uniform in
     ``heights``, width 0.75-1.0 × height, bilinear, anywhere fully inside) on a fresh texture.
@@ -54,9 +67,7 @@ def paint_in_context(alpha: np.ndarray, side: int, heights, rng: np.random.Gener
     img = texture(rng, side, side)
     h = int(rng.integers(heights[0], heights[1] + 1))
     w = max(4, int(round(h * rng.uniform(0.75, 1.0))))
-    a = np.clip(np.asarray(Image.fromarray(alpha.astype(np.float32)).resize((w, h), Image.BILINEAR)), 0, 1)
+    a = scaled_alpha(alpha, w, h)
     y0, x0 = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
-    patch = img[y0:y0 + h, x0:x0 + w]
-    ink = ink_colour(rng, patch).astype(np.float32)
-    img[y0:y0 + h, x0:x0 + w] = patch * (1 - a[..., None]) + ink * a[..., None]
+    ink_digit(img, a, y0, x0, rng)
     return img

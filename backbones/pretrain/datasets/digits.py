@@ -44,7 +44,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         self.labels: List[int] = [int(t) for t in digits.target[chosen]]
         self.categories = CATEGORIES
         self.split = split
-        self.background, self.size, self.heights = background, size, tuple(int(h) for h in heights)
+        self.size, self.heights = size, tuple(int(h) for h in heights)
         self._alphas: Optional[np.ndarray] = None
         if background == "context":
             if not 4 <= self.heights[0] <= self.heights[1] <= size:
