@@ -96,7 +96,7 @@ def _vgg_split(model):
     # conv blocks 1..5 occupy feature indices [0,4), [5,9), [10,16), [17,23), [24,30); pools sit between.
     bounds = [(0, 4), (5, 9), (10, 16), (17, 23), (24, 30)]
     stages = [[f"trunk.{i}" for i in range(a, b)] for a, b in bounds]
-    return trunk, head, 512, 4096, 16, 7, stages
+    return trunk, head, model.out_channels, model.num_features, 16, 7, stages
 
 
 def build_c4(

@@ -45,14 +45,20 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def _imagenet(block, layers, plain=False):
-    def factory(num_classes=1000, shortcut="B", stride_in_1x1=True, norm="bn", zero_init_residual=False):
-        return ResNet(block, layers, num_classes, None if plain else shortcut, stride_in_1x1, norm, zero_init_residual)
+    def factory(num_classes=1000, shortcut="B", stride_in_1x1=True, norm="bn", zero_init_residual=False,
+                width_mult=1.0):
+        return ResNet(block, layers, num_classes, None if plain else shortcut, stride_in_1x1, norm, zero_init_residual,
+                      width_mult)
 
     return factory
 
 
 def _cifar(n, plain=False):
-    def factory(num_classes=10, shortcut="A", stride_in_1x1=True, norm="bn", zero_init_residual=False):
+    def factory(num_classes=10, shortcut="A", stride_in_1x1=True, norm="bn", zero_init_residual=False,
+                width_mult=1.0):
+        if width_mult != 1.0:
+            raise ValueError(f"width_mult={width_mult} is for the ImageNet family and vgg16; the CIFAR nets keep the "
+                             "paper's 16/32/64 channels (choose the depth instead)")
         return CifarResNet(n, num_classes, None if plain else shortcut, norm, zero_init_residual, stride_in_1x1)
 
     return factory
@@ -101,10 +107,11 @@ def build_backbone(name: str, weights: Optional[str] = None, **kwargs) -> nn.Mod
         name: a name from ``list_backbones()``.
         weights: None (He initialisation) or a weights source (see ``backbones.weights.resolve_weights``).
             The source's metadata sets ``stride_in_1x1``/``norm`` defaults and is attached as ``model.weights_meta``.
-        **kwargs: ``num_classes``, ``shortcut``, ``stride_in_1x1``, ``norm``, ``zero_init_residual``.
+        **kwargs: ``num_classes``, ``shortcut``, ``stride_in_1x1``, ``norm``, ``zero_init_residual``, ``width_mult``
+            (channel scale of the ImageNet family and vgg16; with weights it follows them).
     """
     spec = get_spec(name)
-    allowed = {"num_classes", "shortcut", "stride_in_1x1", "norm", "zero_init_residual"}
+    allowed = {"num_classes", "shortcut", "stride_in_1x1", "norm", "zero_init_residual", "width_mult"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(f"build_backbone({name!r}) got unknown arguments {unknown}; allowed: {sorted(allowed)}")

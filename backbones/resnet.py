@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import BasicBlock, Bottleneck, init_weights
+from .width import scaled_channels
 from .norm import norm_layer
 from .shortcut import make_shortcut
 
@@ -22,6 +23,8 @@ class ResNet(nn.Module):
         stride_in_1x1: stride-2 on the bottleneck's first 1×1 (paper/MSRA) instead of its 3×3 (torchvision v1.5).
         norm: "bn", "frozen_bn" or "sync_bn".
         zero_init_residual: start each residual branch's last BN with γ = 0.
+        width_mult: scales every layer's channels (stem 64, stages 64/128/256/512 × expansion); 1.0 is the paper's
+            net. Fractions keep the depth and the stride-16 layout while cutting the cost by about width_mult².
     """
 
     def __init__(
@@ -33,17 +36,21 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = True,
         norm: str = "bn",
         zero_init_residual: bool = False,
+        width_mult: float = 1.0,
     ):
         super().__init__()
         self.block = block
         self.shortcut = shortcut
+        self.width_mult = width_mult
         norm_fn = norm_layer(norm)
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_fn(64)
+        stem = scaled_channels(64, width_mult)
+        self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_fn(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_channels = 64
-        for index, (blocks, width) in enumerate(zip(layers, (64, 128, 256, 512))):
+        in_channels = stem
+        widths = [scaled_channels(c, width_mult) for c in (64, 128, 256, 512)]
+        for index, (blocks, width) in enumerate(zip(layers, widths)):
             stride = 1 if index == 0 else 2
             stage = []
             for i in range(blocks):

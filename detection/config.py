@@ -26,6 +26,8 @@ DEFAULTS = {
         "weights": None,
         "freeze_at": 2,
         "norm": "frozen_bn",
+        # Channel scale of the ImageNet family and vgg16 (1.0 = the paper's nets); must match model.weights.
+        "width_mult": 1.0,
         # torchvision | detectron2: whose anchors, proposal filtering, post-processing and test resize (DETECTION.md)
         "conventions": "torchvision",
         "init_detector": None,  # a resdet detector file to start from (train_det.py --init-detector)
@@ -134,6 +136,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     stages = C4_STAGES[family]
     _check(m.freeze_at is None or 0 <= m.freeze_at <= stages, "model.freeze_at", m.freeze_at,
            f"0..{stages} for {m.backbone} (0 = train everything, 1 = stem frozen, 2 = stem + res2, ...)")
+    _check(m.width_mult > 0 and (m.width_mult == 1.0 or family != "cifar_resnet"), "model.width_mult",
+           m.width_mult, "> 0, and 1.0 for the CIFAR nets (only the ImageNet family and vgg16 have reduced widths)")
     _check(m.conventions in ("torchvision", "detectron2"), "model.conventions", m.conventions,
            "'torchvision' or 'detectron2'")
     _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")

@@ -27,6 +27,7 @@ PRETRAIN_DEFAULTS = {
         "norm": "bn",                 # bn (per-process statistics, like the paper's 8 GPUs) | sync_bn (GPU only) |
                                       # frozen_bn (no batch statistics; for exact DDP-equivalence checks)
         "zero_init_residual": False,
+        "width_mult": 1.0,            # channel scale of the ImageNet family and vgg16 (1.0 = the paper's nets)
     },
     "data": {
         "dataset": "",                # imagenet | cifar10 | digits (``--dataset`` sets it)
@@ -38,6 +39,7 @@ PRETRAIN_DEFAULTS = {
         "digits_background": "black",  # digits: black | canvas (ink on the detection set's textured canvases) |
                                        # context (a digit of digits_heights px anywhere on a digits_size texture)
         "digits_heights": [12, 40],   # digits, context: digit height range (the detection canvases' 12-40 px)
+        "digits_curriculum_epochs": 0,  # digits, context: epochs from large digits on black to the full task
     },
     "augment": {
         "scale": [256, 480],          # random shorter side [min, max]; [] keeps the input size
@@ -143,6 +145,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     choice("model.norm", m.norm, NORMS)
     if m.stride_in_1x1 is not None and not isinstance(m.stride_in_1x1, bool):
         raise _fail("model.stride_in_1x1", f"must be true, false or null, got {m.stride_in_1x1!r}")
+    positive("model.width_mult", m.width_mult)
+    if m.width_mult != 1.0 and get_spec(m.arch).family == "cifar_resnet":
+        raise _fail("model.width_mult", f"must be 1.0 for {m.arch}: only the ImageNet family and vgg16 have "
+                                        f"reduced-width variants, got {m.width_mult}")
     choice("data.on_error", d.on_error, ("raise", "skip"))
     positive("data.num_workers", d.num_workers, strict=False)
     positive("data.holdout", d.holdout, strict=False)
@@ -155,6 +161,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                 and 4 <= heights[0] <= heights[1] <= d.digits_size):
             raise _fail("data.digits_heights", f"must be [low, high] with 4 <= low <= high <= data.digits_size "
                                                f"({d.digits_size}), got {heights}")
+    if not (isinstance(d.digits_curriculum_epochs, int) and d.digits_curriculum_epochs >= 0):
+        raise _fail("data.digits_curriculum_epochs", f"must be an integer >= 0, got {d.digits_curriculum_epochs!r}")
 
     if a.scale and (len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]):
         raise _fail("augment.scale", f"must be [] or [min, max] with 0 < min <= max, got {a.scale}")

@@ -19,10 +19,12 @@ FORMAT = "resdet"
 
 def build_classifier(arch: str, num_classes: int, shortcut: Optional[str] = None,
                      stride_in_1x1: Optional[bool] = None, norm: str = "bn",
-                     zero_init_residual: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
+                     zero_init_residual: bool = False, width_mult: float = 1.0) -> Tuple[nn.Module, Dict[str, Any]]:
     """A freshly initialised ``arch`` with ``num_classes`` outputs, and the kwargs that rebuild it."""
     kwargs = {"num_classes": num_classes, "shortcut": shortcut, "stride_in_1x1": stride_in_1x1, "norm": norm,
               "zero_init_residual": zero_init_residual}
+    if width_mult != 1.0:  # older checkpoints have no such key; full width stays unrecorded for them to match
+        kwargs["width_mult"] = width_mult
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     model = build_backbone(arch, **kwargs)
     # Record the resolved layout, so a consumer does not depend on registry defaults staying the same.

@@ -63,5 +63,6 @@ class AugmentedDataset(Dataset):
         epoch, index = key
         generator = generator_for(self.seed, epoch, index)
         # Datasets that draw their images (digits on context canvases) take the same per-item generator.
-        image, label = self.base.sample(index, generator) if hasattr(self.base, "sample") else self.base[index]
+        image, label = (self.base.sample(index, generator, epoch) if hasattr(self.base, "sample")
+                        else self.base[index])
         return self.transform(image, generator), label

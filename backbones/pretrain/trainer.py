@@ -101,7 +101,8 @@ class Trainer:
         train_set, val_set = self.datasets or build_datasets_for(cfg.data)
         categories = train_set.categories
         model, model_kwargs = build_classifier(cfg.model.arch, len(categories), cfg.model.shortcut,
-                                               cfg.model.stride_in_1x1, cfg.model.norm, cfg.model.zero_init_residual)
+                                               cfg.model.stride_in_1x1, cfg.model.norm, cfg.model.zero_init_residual,
+                                               cfg.model.width_mult)
         model.to(device)
         if t.channels_last:
             model.to(memory_format=torch.channels_last)

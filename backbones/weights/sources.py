@@ -19,6 +19,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..width import width_mult_of
 from .keys import load_state_dict_exact
 from .meta import WeightsMeta
 
@@ -110,6 +111,9 @@ def load_pretrained_into(name: str, spec, weights, kwargs: dict) -> nn.Module:
 
     state_dict, meta = resolve_weights(name, weights)
     derived = derived_kwargs(state_dict, meta)
+    width_mult = width_mult_of(spec.family, state_dict)
+    if width_mult != 1.0:
+        derived["width_mult"] = width_mult
     build_kwargs = {**derived, **kwargs}
     model = spec.factory(**{**spec.defaults, **build_kwargs})
     _annotate(model, build_kwargs)
@@ -137,15 +141,26 @@ def load_pretrained_into(name: str, spec, weights, kwargs: dict) -> nn.Module:
     return model
 
 
+class LayoutMismatch(ValueError):
+    """An explicit build argument contradicts the weights' architecture (``key``: the argument's name)."""
+
+    def __init__(self, message: str, key: str, explicit, derived):
+        super().__init__(message)
+        self.key, self.explicit, self.derived = key, explicit, derived
+
+
 def _check_layout(model: nn.Module, derived: dict, explicit: dict, weights) -> None:
     """An explicit argument that contradicts the weights' architecture is an error, never a silent mismatch."""
     applies = {
         "stride_in_1x1": hasattr(model, "stride_in_1x1"),  # set for bottleneck ResNets only
         "shortcut": getattr(model, "shortcut", None) is not None,  # plain nets have no shortcuts
+        "width_mult": True,
     }
+    derived = {"width_mult": 1.0, **derived}
     for key, relevant in applies.items():
         if relevant and key in explicit and key in derived and explicit[key] != derived[key]:
-            raise ValueError(
+            raise LayoutMismatch(
                 f"{key}={explicit[key]!r} contradicts weights {weights!r}, which were trained with "
-                f"{key}={derived[key]!r}; leave {key} unset to follow the weights"
+                f"{key}={derived[key]!r}; leave {key} unset to follow the weights",
+                key, explicit[key], derived[key],
             )

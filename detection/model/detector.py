@@ -13,7 +13,9 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
 from backbones.c4 import C4Backbone, build_c4
+from backbones.utils.config import ConfigError
 from backbones.weights.meta import WeightsMeta
+from backbones.weights.sources import LayoutMismatch
 
 from .detectron2_semantics import (Detectron2AnchorGenerator, Detectron2Predictor, Detectron2RoIHeads, Detectron2RPN,
                                    Detectron2Transform, use_detectron2_frozen_bn)
@@ -97,6 +99,13 @@ def build_detector(cfg, num_classes: int, weights: Optional[str] = "config",
     # A trained detector's trunk is rebuilt with the stride placement of the weights it was trained from.
     layout = {} if source or weights_meta is None or weights_meta.stride_in_1x1 is None else {
         "stride_in_1x1": weights_meta.stride_in_1x1}
-    c4 = build_c4(m.backbone, weights=source, freeze_at=m.freeze_at, norm=m.norm, **layout)
+    try:
+        c4 = build_c4(m.backbone, weights=source, freeze_at=m.freeze_at, norm=m.norm, width_mult=m.width_mult,
+                      **layout)
+    except LayoutMismatch as err:
+        if err.key != "width_mult":
+            raise
+        raise ConfigError(f"config key 'model.width_mult' = {err.explicit} does not match weights {source!r}, which "
+                          f"are {m.backbone} at width_mult {err.derived}: set model.width_mult={err.derived}") from None
     i = cfg.input
     return FasterRCNNC4(c4, num_classes, m, i.min_size_test, i.max_size_test, i.size_divisible, weights_meta)

@@ -12,7 +12,7 @@ from ..config import as_override
 from .detector import FasterRCNNC4, build_detector
 from .io import config_from_dict, read_detector_file
 
-ARCHITECTURE_KEYS = ("backbone", "conventions", "anchor_sizes", "aspect_ratios", "roi_heads.pooler",
+ARCHITECTURE_KEYS = ("backbone", "width_mult", "conventions", "anchor_sizes", "aspect_ratios", "roi_heads.pooler",
                      "roi_heads.pooler_resolution", "roi_heads.sampling_ratio", "roi_heads.aligned",
                      "roi_heads.bbox_reg_weights")
 PREDICTOR = "roi_heads.box_predictor."

@@ -56,16 +56,22 @@ def ink_digit(img: np.ndarray, alpha: np.ndarray, y0: int, x0: int, rng: np.rand
     img[y0:y0 + h, x0:x0 + w] = patch * (1 - alpha[..., None]) + ink * alpha[..., None]
 
 
-def paint_in_context(alpha: np.ndarray, side: int, heights, rng: np.random.Generator) -> np.ndarray:
+def paint_in_context(alpha: np.ndarray, side: int, heights, rng: np.random.Generator, ease: float = 0.0) -> np.ndarray:
     """One 8×8 ink alpha → side×side×3 float image: the digit drawn as on the detection canvases (height uniform in
     ``heights``, width 0.75-1.0 × height, bilinear, anywhere fully inside) on a fresh texture.
 
     Pretraining on these makes res4 features of a digit independent of where it sits and of the image border: a
     classifier trained on digits filling a 32×32 image (``paint_on_canvas``) drops from 94 % to chance when the same
     digit is surrounded by 8 px of texture, so its features cannot transfer to RoIs of a detection canvas.
+
+    ``ease`` in [0, 1] makes the drawing easier for a curriculum: the smallest height moves up to the largest and the
+    texture fades to black (1: a large digit on black). 0 draws exactly as without it.
     """
     img = texture(rng, side, side)
-    h = int(rng.integers(heights[0], heights[1] + 1))
+    if ease:
+        img *= 1.0 - ease
+    low = int(round(heights[0] + (heights[1] - heights[0]) * ease))
+    h = int(rng.integers(low, heights[1] + 1))
     w = max(4, int(round(h * rng.uniform(0.75, 1.0))))
     a = scaled_alpha(alpha, w, h)
     y0, x0 = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))

@@ -24,7 +24,7 @@ class DigitsDataset(torch.utils.data.Dataset):
     """``split`` "train" (1437 images) or "val" (360); items are (3×size×size float tensor in [0, 1], label)."""
 
     def __init__(self, split: str = "train", size: int = 16, background: str = "black",
-                 heights: Sequence[int] = (12, 40)):
+                 heights: Sequence[int] = (12, 40), curriculum_epochs: int = 0):
         if split not in ("train", "val"):
             raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
         if size < 8:
@@ -45,6 +45,7 @@ class DigitsDataset(torch.utils.data.Dataset):
         self.categories = CATEGORIES
         self.split = split
         self.size, self.heights = size, tuple(int(h) for h in heights)
+        self.curriculum_epochs = int(curriculum_epochs)
         self._alphas: Optional[np.ndarray] = None
         if background == "context":
             if not 4 <= self.heights[0] <= self.heights[1] <= size:
@@ -67,10 +68,10 @@ class DigitsDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _draw(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+    def _draw(self, index: int, rng: np.random.Generator, ease: float = 0.0) -> torch.Tensor:
         from .digit_canvas import paint_in_context
 
-        painted = paint_in_context(self._alphas[index], self.size, self.heights, rng)
+        painted = paint_in_context(self._alphas[index], self.size, self.heights, rng, ease)
         return torch.from_numpy(painted).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
@@ -78,9 +79,15 @@ class DigitsDataset(torch.utils.data.Dataset):
             return self._draw(index, np.random.default_rng((CANVAS_SEEDS[self.split], index))), self.labels[index]
         return self.images[index], self.labels[index]
 
-    def sample(self, index: int, generator: torch.Generator) -> Tuple[torch.Tensor, int]:
-        """Item ``index`` for one training draw: with ``background="context"`` a fresh drawing per generator."""
+    def sample(self, index: int, generator: torch.Generator, epoch: int = 0) -> Tuple[torch.Tensor, int]:
+        """Item ``index`` for one training draw: with ``background="context"`` a fresh drawing per generator.
+
+        With ``curriculum_epochs`` E > 0, epoch e < E draws an easier image (``paint_in_context``'s ease 1 - e/E:
+        larger digits, fainter texture); from epoch E on, the full task. Deep nets without a curriculum stay at
+        chance for hundreds of iterations on small digits in texture (docs/DETECTION.md).
+        """
         if self._alphas is None or self.split != "train":
             return self[index]
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
-        return self._draw(index, np.random.default_rng(seed)), self.labels[index]
+        ease = max(0.0, 1.0 - epoch / self.curriculum_epochs) if self.curriculum_epochs else 0.0
+        return self._draw(index, np.random.default_rng(seed), ease), self.labels[index]
