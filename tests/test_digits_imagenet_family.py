@@ -47,7 +47,8 @@ def test_detect_digits_resolves_the_family_recipe(arch, empty_cwd):
     else:  # 4x4 -> res5 2x2, the res5 map of a 48-px pretraining image
         assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("align", 4)
     schedule = (1200, [900]) if arch in QUARTER_WIDTH else (600, [450])
-    assert (cfg["solver"]["max_iter"], cfg["solver"]["steps"], cfg["solver"]["base_lr"]) == (*schedule, 0.02)
+    base_lr = 0.005 if arch == "vgg16" else 0.02  # VGG-16's box classifier (no normalisation) stalls at 0.02
+    assert (cfg["solver"]["max_iter"], cfg["solver"]["steps"], cfg["solver"]["base_lr"]) == (*schedule, base_lr)
 
 
 def test_canvas_digits_look_like_detection_crops():
