@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 
 from .blocks import BasicBlock, Bottleneck, init_weights
-from .width import scaled_channels
 from .norm import norm_layer
 from .shortcut import make_shortcut
+from .width import scaled_channels
 
 Block = Type[Union[BasicBlock, Bottleneck]]
 

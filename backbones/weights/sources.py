@@ -111,9 +111,7 @@ def load_pretrained_into(name: str, spec, weights, kwargs: dict) -> nn.Module:
 
     state_dict, meta = resolve_weights(name, weights)
     derived = derived_kwargs(state_dict, meta)
-    width_mult = width_mult_of(spec.family, state_dict)
-    if width_mult != 1.0:
-        derived["width_mult"] = width_mult
+    derived["width_mult"] = width_mult_of(spec.family, state_dict)
     build_kwargs = {**derived, **kwargs}
     model = spec.factory(**{**spec.defaults, **build_kwargs})
     _annotate(model, build_kwargs)
@@ -156,7 +154,6 @@ def _check_layout(model: nn.Module, derived: dict, explicit: dict, weights) -> N
         "shortcut": getattr(model, "shortcut", None) is not None,  # plain nets have no shortcuts
         "width_mult": True,
     }
-    derived = {"width_mult": 1.0, **derived}
     for key, relevant in applies.items():
         if relevant and key in explicit and key in derived and explicit[key] != derived[key]:
             raise LayoutMismatch(
