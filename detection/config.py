@@ -28,6 +28,9 @@ DEFAULTS = {
         "norm": "frozen_bn",
         # Channel scale of the ImageNet family and vgg16 (1.0 = the paper's nets); must match model.weights.
         "width_mult": 1.0,
+        # vgg16 only, > 0: before training, conv5_3 x c and fc6 / c (the same box features) so that the trunk output
+        # has this RMS on the first training images, which sets how fast the RPN learns (detection/model/trunk_scale.py)
+        "trunk_output_rms": 0.0,
         # torchvision | detectron2: whose anchors, proposal filtering, post-processing and test resize (DETECTION.md)
         "conventions": "torchvision",
         "init_detector": None,  # a resdet detector file to start from (train_det.py --init-detector)
@@ -138,6 +141,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
            f"0..{stages} for {m.backbone} (0 = train everything, 1 = stem frozen, 2 = stem + res2, ...)")
     _check(m.width_mult > 0 and (m.width_mult == 1.0 or family != "cifar_resnet"), "model.width_mult",
            m.width_mult, "> 0, and 1.0 for the CIFAR nets (only the ImageNet family and vgg16 have reduced widths)")
+    _check(m.trunk_output_rms >= 0 and (m.trunk_output_rms == 0 or family == "vgg"), "model.trunk_output_rms",
+           m.trunk_output_rms, "0 (keep the weights' scale), or > 0 for vgg16 only (a ResNet trunk ends in a residual "
+           "sum, which no single conv rescales)")
     _check(m.conventions in ("torchvision", "detectron2"), "model.conventions", m.conventions,
            "'torchvision' or 'detectron2'")
     _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")

@@ -25,8 +25,10 @@ def test_pretrain_digits_resolves_the_family_recipe(arch, empty_cwd):
     # its first 100 iterations; half the rate (VGG-16 warmed up) carries them.
     base_lr = 0.02 if arch in ("resnet101", "resnet152", "vgg16") else 0.04
     assert s["warmup_iters"] == (100 if arch == "vgg16" else 0)
-    # The quarter-width bottleneck nets learn slower: twice the iterations (resnet101 val error 41 % after 1500).
-    schedule = (3000, [2000, 2600]) if arch in ("resnet50", "resnet101", "resnet152") else (1500, [1000, 1300])
+    # The quarter-width bottleneck nets learn slower: resnet50 twice the iterations, resnet101/152 more than three
+    # times (resnet101 val error 41 % after 1500, 16 % after 3000, 7 % after 5000).
+    schedule = {"resnet50": (3000, [2000, 2600]), "resnet101": (5000, [3500, 4400]),
+                "resnet152": (5000, [3500, 4400])}.get(arch, (1500, [1000, 1300]))
     assert (s["base_lr"], s["batch_size"], s["max_iter"], s["steps"]) == (base_lr, 64, *schedule)
     assert cfg["model"]["width_mult"] == (0.25 if arch in QUARTER_WIDTH else 1.0)
     assert d["digits_curriculum_epochs"] == (15 if arch in QUARTER_WIDTH else 0)
@@ -42,12 +44,13 @@ def test_detect_digits_resolves_the_family_recipe(arch, empty_cwd):
     assert (i["min_size_train"], i["max_size_train"], i["min_size_test"]) == ([128], 128, 128)
     assert m["anchor_sizes"] == [16, 32, 64]
     assert m["width_mult"] == (0.25 if arch in QUARTER_WIDTH else 1.0)
-    if arch == "vgg16":  # the paper's VGG-16 detector: RoIPool 7x7 -> fc6/fc7
-        assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("pool", 7)
+    if arch == "vgg16":  # RoIAlign 7x7 -> fc6/fc7 (RoIPool misplaces RoIs of 1-2 cells); conv5_3 rescaled for the RPN
+        assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("align", 7)
     else:  # 4x4 -> res5 2x2, the res5 map of a 48-px pretraining image
         assert (m["roi_heads"]["pooler"], m["roi_heads"]["pooler_resolution"]) == ("align", 4)
+    assert m["trunk_output_rms"] == (1.0 if arch == "vgg16" else 0.0)
     schedule = (1200, [900]) if arch in QUARTER_WIDTH else (600, [450])
-    base_lr = 0.005 if arch == "vgg16" else 0.02  # VGG-16's box classifier (no normalisation) stalls at 0.02
+    base_lr = 0.01 if arch == "vgg16" else 0.02  # VGG-16's box classifier (no normalisation) collapses at 0.02
     assert (cfg["solver"]["max_iter"], cfg["solver"]["steps"], cfg["solver"]["base_lr"]) == (*schedule, base_lr)
 
 

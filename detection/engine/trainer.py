@@ -41,11 +41,13 @@ from ..model import build_detector
 from ..model.init_detector import detector_for_finetuning
 from ..model.inference import build_inference_model
 from ..model.optimize import prepare_for_training
+from ..model.trunk_scale import rescale_trunk_output
 from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
 from .evaluate import evaluate_model
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 FINAL_WEIGHTS = "model_final.pth"
+CALIBRATION_IMAGES = 8  # model.trunk_output_rms is measured on the first training images
 
 
 def _log(message: str, info: DistInfo) -> None:
@@ -150,6 +152,8 @@ class DetectionTrainer:
             _log(note, info)
         else:
             self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
+            if cfg.model.trunk_output_rms > 0:
+                self._rescale_trunk(info)
         # BN fused into the convs, channels_last, float32 box arithmetic under autocast; state_dict keys unchanged
         prepare_for_training(self.model)
         self.net = self.model
@@ -175,6 +179,14 @@ class DetectionTrainer:
         _log(f"{self.model.backbone_name} C4 on {self.train_src.name}: {len(self.train_set)} training images, "
              f"{len(self.train_src.categories)} classes, lr {self.lr:g}, global batch {s.ims_per_batch} "
              f"({info.world_size} process(es))", info)
+
+    def _rescale_trunk(self, info: DistInfo) -> None:
+        # Every process computes the same factor from the same images; DDP then starts from rank 0's weights anyway.
+        count = min(CALIBRATION_IMAGES, len(self.train_set))
+        images = images_to_float([self.train_set[(index, 0)][0] for index in range(count)], info.device)
+        before, factor = rescale_trunk_output(self.model, images, self.cfg.model.trunk_output_rms)
+        _log(f"trunk output RMS {before:.3g} on {count} training images -> {self.cfg.model.trunk_output_rms:g}: conv5_3 "
+             f"x {factor:.3g}, fc6 / {factor:.3g} (model.trunk_output_rms; same box features)", info)
 
     def _loader(self, info: DistInfo) -> DataLoader:
         d = self.cfg.data
