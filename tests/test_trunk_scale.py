@@ -6,7 +6,7 @@ from torchvision.ops import roi_align, roi_pool
 
 from backbones.utils.config import ConfigError
 from detection.config import load_det_config
-from detection.engine.trainer import DetectionTrainer
+from detection.engine.trainer import DetectionTrainer, build_optimizer
 from detection.model.detector import build_detector
 from detection.model.io import read_detector_file
 from detection.model.trunk_scale import rescale_trunk_output, trunk_output_rms
@@ -73,3 +73,46 @@ def test_trainer_rescales_once_before_training(tmp_path, capfd):
     torch.testing.assert_close(scaled[fc6], plain[fc6] / factor, rtol=1e-4, atol=1e-9)
     for key in plain.keys() - {conv, fc6, "backbone.28.bias"}:
         torch.testing.assert_close(scaled[key], plain[key], rtol=1e-5, atol=1e-9, msg=key)
+
+
+def _fc6_steps(model, cfg, factor, images, boxes, steps=3):
+    """A few SGD steps (momentum, weight decay) on fc6's weight alone; the box features after them."""
+    fc6 = model.roi_heads.box_head.fc6.weight
+    for p in model.parameters():
+        p.requires_grad_(p is fc6)
+    optimizer = build_optimizer(model, cfg, 0.05, factor)
+    target = torch.randn(len(boxes), 1024, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for _ in range(steps):
+        loss = (_box_features(model, images, boxes) - target).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return _box_features(model, images, boxes), optimizer
+
+
+def test_rescaled_fc6_learns_as_before():
+    # float64: a ReLU input within float32 rounding of 0 would otherwise flip between the two runs
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(2)]
+    boxes = torch.tensor([[4.0, 8.0, 60.0, 50.0], [30.0, 30.0, 90.0, 94.0]], dtype=torch.float64)
+    settings = [*VGG, "solver.weight_decay=0.01"]
+    plain_cfg = load_det_config(overrides=settings)
+    scaled_cfg = load_det_config(overrides=[*settings, "model.trunk_output_rms=1.0"])
+    reference, _ = _fc6_steps(_vgg_detector("align").double(), plain_cfg, 1.0, images, boxes)
+    model = _vgg_detector("align").double()
+    with torch.no_grad():
+        _, factor = rescale_trunk_output(model, images, 1.0)
+    assert factor > 3
+    after, optimizer = _fc6_steps(model, scaled_cfg, factor, images, boxes)
+    torch.testing.assert_close(after, reference, rtol=1e-7, atol=1e-9)
+    # Without the group's options the same steps move the features c² times as far: the check above can fail.
+    model = _vgg_detector("align").double()
+    with torch.no_grad():
+        rescale_trunk_output(model, images, 1.0)
+    wrong, _ = _fc6_steps(model, scaled_cfg, 1.0, images, boxes)
+    assert not torch.allclose(wrong, reference, rtol=1e-2, atol=1e-3)
+    # On resume the optimizer is rebuilt without the factor; the saved groups bring it back.
+    rebuilt = build_optimizer(model, scaled_cfg, 0.05)
+    rebuilt.load_state_dict(optimizer.state_dict())
+    assert rebuilt.param_groups[-1]["lr_factor"] == pytest.approx(1 / factor ** 2)
+    assert rebuilt.param_groups[-1]["weight_decay"] == pytest.approx(0.01 * factor ** 2)

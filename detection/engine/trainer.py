@@ -41,7 +41,7 @@ from ..model import build_detector
 from ..model.init_detector import detector_for_finetuning
 from ..model.inference import build_inference_model
 from ..model.optimize import prepare_for_training
-from ..model.trunk_scale import rescale_trunk_output
+from ..model.trunk_scale import fc6_group_options, rescale_trunk_output, rescaled_fc6_weight
 from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
 from .evaluate import evaluate_model
 
@@ -55,17 +55,25 @@ def _log(message: str, info: DistInfo) -> None:
         print(f"[resdet] {message}", file=sys.stderr, flush=True)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.SGD:
-    """SGD with biases in their own group (Fast R-CNN: bias lr x2, no weight decay); frozen parameters left out."""
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor: float = 1.0) -> torch.optim.SGD:
+    """SGD with biases in their own group (Fast R-CNN: bias lr x2, no weight decay); frozen parameters left out.
+
+    With ``model.trunk_output_rms`` on, fc6's weight gets a third group whose options undo the rescaling by
+    ``trunk_factor`` (on resume the saved groups bring the factor back).
+    """
     s = cfg.solver
+    fc6 = rescaled_fc6_weight(model) if cfg.model.trunk_output_rms > 0 else None
     weights, biases = [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and p is not fc6:
             (biases if name.endswith(".bias") else weights).append(p)
     groups = [{"params": weights, "lr": lr, "weight_decay": s.weight_decay, "lr_factor": 1.0}]
     if biases:
         groups.append({"params": biases, "lr": lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias,
                        "lr_factor": s.bias_lr_factor})
+    if fc6 is not None:
+        options = fc6_group_options(trunk_factor, s.weight_decay)
+        groups.append({"params": [fc6], "lr": lr * options["lr_factor"], **options})
     return torch.optim.SGD(groups, lr=lr, momentum=s.momentum)
 
 
@@ -146,6 +154,7 @@ class DetectionTrainer:
         self.train_set = FastDetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
                                           d.max_image_pixels, self.issues)
         device = info.device
+        self.trunk_factor = 1.0  # set by _rescale_trunk on a fresh start; restored with the optimizer on resume
         if cfg.model.init_detector:  # --init-detector: trunk, RPN and head from a trained detector
             self.model, note = detector_for_finetuning(cfg, self.train_src.categories)
             self.model = self.model.to(device)
@@ -161,7 +170,7 @@ class DetectionTrainer:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.per_process = per_process_batch(s.ims_per_batch, info.world_size, "solver.ims_per_batch")
         self.lr = linear_scaled_lr(s.base_lr, s.ims_per_batch, s.reference_batch) if s.reference_batch else s.base_lr
-        self.optimizer = build_optimizer(self.model, cfg, self.lr)
+        self.optimizer = build_optimizer(self.model, cfg, self.lr, self.trunk_factor)
         self.schedule = LRSchedule(self.lr, "step", s.steps, s.gamma, s.warmup_iters, s.warmup_factor, "linear")
         self.amp_dtype = training_amp_dtype(s.amp, device, info)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
@@ -185,8 +194,10 @@ class DetectionTrainer:
         count = min(CALIBRATION_IMAGES, len(self.train_set))
         images = images_to_float([self.train_set[(index, 0)][0] for index in range(count)], info.device)
         before, factor = rescale_trunk_output(self.model, images, self.cfg.model.trunk_output_rms)
+        self.trunk_factor = factor
         _log(f"trunk output RMS {before:.3g} on {count} training images -> {self.cfg.model.trunk_output_rms:g}: conv5_3 "
-             f"x {factor:.3g}, fc6 / {factor:.3g} (model.trunk_output_rms; same box features)", info)
+             f"x {factor:.3g}, fc6 / {factor:.3g} and its lr / {factor ** 2:.3g} (model.trunk_output_rms; same box "
+             f"features, fc6 learns as before)", info)
 
     def _loader(self, info: DistInfo) -> DataLoader:
         d = self.cfg.data

@@ -53,3 +53,17 @@ def rescale_trunk_output(model, images: List[torch.Tensor], target_rms: float) -
         conv.bias.mul_(factor)
     fc6.weight.div_(factor)
     return before, factor
+
+
+def rescaled_fc6_weight(model) -> nn.Parameter:
+    """fc6's weight, which after rescaling by c needs lr / c² and weight decay × c² to learn as before.
+
+    With W' = W / c reading c·x, a gradient step on W' moves the layer's function c² times as far as the same step on
+    W did (the gradient grows by c, the weights shrink by c); SGD with those two factors moves it exactly as before.
+    """
+    return _vgg_end_layers(model)[1].weight
+
+
+def fc6_group_options(factor: float, weight_decay: float) -> dict:
+    """Optimizer-group options that give the rescaled fc6 weight the dynamics of the unscaled one."""
+    return {"lr_factor": 1.0 / factor ** 2, "weight_decay": weight_decay * factor ** 2}
