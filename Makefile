@@ -34,7 +34,8 @@ demo: $(STAMP)
 	$(PY) tools/model_info.py --arch resnet56 plain56 resnet101 vgg16
 	$(PY) tools/study.py --config configs/study/digits.yaml
 
-# The paper's Table 7 swap (VGG-16 -> ResNet-101) in miniature on digits, two seeds each (over an hour on 2 cores).
+# The paper's Table 7 swap (VGG-16 -> ResNet-101) in miniature on digits, two seeds each, plus the paper's RoIPool
+# VGG-16 on the same checkpoints (about 45-50 minutes on 2 cores).
 table7: $(STAMP)
 	$(PY) tools/study.py --config configs/study/digits_table7.yaml
 
