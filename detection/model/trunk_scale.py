@@ -4,7 +4,8 @@ conv5_3 → ReLU → RoIAlign/RoIPool → fc6 is positively homogeneous: conv5_3
 features, so the pretrained classifier is untouched. What changes is the RPN, whose 3×3 conv reads the trunk output
 directly: a linear layer's output moves per SGD step in proportion to the square of its input's scale. A VGG-16
 pretrained on the digits ends at an RMS of about 0.13 where ResNet-18's res4 gives about 1.1, so its RPN learned
-~60× slower than the ResNets' at the same learning rate (docs/DETECTION.md, "Deeper nets and VGG-16").
+~60× slower than the ResNets' at the same learning rate (docs/DETECTION.md, "Deeper nets and VGG-16"). The same rule
+would make fc6 (weights ÷ c, input × c) learn c² times faster; its optimizer group undoes that (fc6_group_options).
 """
 from typing import List
 
@@ -56,14 +57,14 @@ def rescale_trunk_output(model, images: List[torch.Tensor], target_rms: float) -
 
 
 def rescaled_fc6_weight(model) -> nn.Parameter:
-    """fc6's weight, which after rescaling by c needs lr / c² and weight decay × c² to learn as before.
-
-    With W' = W / c reading c·x, a gradient step on W' moves the layer's function c² times as far as the same step on
-    W did (the gradient grows by c, the weights shrink by c); SGD with those two factors moves it exactly as before.
-    """
+    """The weight that rescale_trunk_output divides (fc6's); it gets the options of fc6_group_options."""
     return _vgg_end_layers(model)[1].weight
 
 
 def fc6_group_options(factor: float, weight_decay: float) -> dict:
-    """Optimizer-group options that give the rescaled fc6 weight the dynamics of the unscaled one."""
+    """Optimizer-group options that give the rescaled fc6 weight the dynamics of the unscaled one.
+
+    With W' = W / c reading c·x, a gradient step on W' moves the layer's function c² times as far as the same step on
+    W did (the gradient grows by c, the weights shrink by c); lr / c² and weight decay × c² move it exactly as before.
+    """
     return {"lr_factor": 1.0 / factor ** 2, "weight_decay": weight_decay * factor ** 2}
