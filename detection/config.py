@@ -31,6 +31,9 @@ DEFAULTS = {
         # vgg16 only, > 0: before training, conv5_3 x c and fc6 / c (the same box features) so that the trunk output
         # has this RMS on the first training images, which sets how fast the RPN learns (detection/model/trunk_scale.py)
         "trunk_output_rms": 0.0,
+        # > 0: before training, the trunk's and the box head's BatchNorm statistics are measured again on this many
+        # training images and their RoIs (detection/model/bn_restats.py); 0 keeps the pretrained statistics
+        "bn_restats_images": 0,
         # torchvision | detectron2: whose anchors, proposal filtering, post-processing and test resize (DETECTION.md)
         "conventions": "torchvision",
         "init_detector": None,  # a resdet detector file to start from (train_det.py --init-detector)
@@ -144,6 +147,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(m.trunk_output_rms >= 0 and (m.trunk_output_rms == 0 or family == "vgg"), "model.trunk_output_rms",
            m.trunk_output_rms, "0 (keep the weights' scale), or > 0 for vgg16 only (a ResNet trunk ends in a residual "
            "sum, which no single conv rescales)")
+    _check(isinstance(m.bn_restats_images, int) and m.bn_restats_images >= 0, "model.bn_restats_images",
+           m.bn_restats_images, "an integer >= 0 (0 = keep the pretrained BatchNorm statistics)")
     _check(m.conventions in ("torchvision", "detectron2"), "model.conventions", m.conventions,
            "'torchvision' or 'detectron2'")
     _check(m.norm in ("frozen_bn", "bn", "sync_bn"), "model.norm", m.norm, "'frozen_bn', 'bn' or 'sync_bn'")

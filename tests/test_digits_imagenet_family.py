@@ -31,7 +31,8 @@ def test_pretrain_digits_resolves_the_family_recipe(arch, empty_cwd):
                 "resnet152": (5000, [3500, 4400])}.get(arch, (1500, [1000, 1300]))
     assert (s["base_lr"], s["batch_size"], s["max_iter"], s["steps"]) == (base_lr, 64, *schedule)
     assert cfg["model"]["width_mult"] == (0.25 if arch in QUARTER_WIDTH else 1.0)
-    assert d["digits_curriculum_epochs"] == (15 if arch in QUARTER_WIDTH else 0)
+    # plain34 (no shortcuts) stays at chance without the curriculum, as the quarter-width deep nets do
+    assert d["digits_curriculum_epochs"] == (15 if arch in QUARTER_WIDTH | {"plain34"} else 0)
 
 
 @pytest.mark.parametrize("arch", IMAGENET_ARCHS)
@@ -122,3 +123,27 @@ def test_curriculum_eases_in_and_then_draws_the_full_task():
         assert torch.equal(a, b)
     assert torch.equal(DigitsDataset("val", 48, background="context", curriculum_epochs=10).images[:5],
                        DigitsDataset("val", 48, background="context").images[:5])
+
+
+def test_train_sizes_cycle_by_epoch_and_validation_keeps_one_size():
+    from backbones.pretrain.datasets.digits import DigitsDataset
+    from backbones.pretrain.sampler import AugmentedDataset
+
+    train = DigitsDataset("train", 48, background="context", heights=(12, 40), train_sizes=(48, 64))
+    items = AugmentedDataset(train, lambda image, generator: image, seed=0)
+    # Every item of an epoch has that epoch's size, so a batch never mixes sizes.
+    assert {items[(0, i)][0].shape for i in range(8)} == {(3, 48, 48)}
+    assert {items[(1, i)][0].shape for i in range(8)} == {(3, 64, 64)}
+    assert items[(2, 3)][0].shape == (3, 48, 48) and torch.equal(items[(1, 3)][0], items[(1, 3)][0])
+    val = DigitsDataset("val", 48, background="context", heights=(12, 40), train_sizes=(48, 64))
+    assert val.images.shape == (360, 3, 48, 48)
+    with pytest.raises(ValueError, match="smallest size"):
+        DigitsDataset("train", 48, background="context", heights=(12, 40), train_sizes=(32, 48))
+
+
+@pytest.mark.parametrize("value,expected", [("[32, 48]", "data.digits_heights"), ("[4, 48]", "integers >= 8"),
+                                            ("64", "expects list")])
+def test_bad_train_sizes_are_config_errors(value, expected, empty_cwd):
+    code, _, _, err = print_config("pretrain.py", "--arch", "resnet18", "--dataset", "digits",
+                                   f"data.digits_train_sizes={value}")
+    assert code == 2 and expected in err, err

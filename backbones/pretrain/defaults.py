@@ -40,6 +40,7 @@ PRETRAIN_DEFAULTS = {
                                        # context (a digit of digits_heights px anywhere on a digits_size texture)
         "digits_heights": [12, 40],   # digits, context: digit height range (the detection canvases' 12-40 px)
         "digits_curriculum_epochs": 0,  # digits, context: epochs from large digits on black to the full task
+        "digits_train_sizes": [],     # digits, context: training side lengths cycled by epoch ([] = digits_size)
     },
     "augment": {
         "scale": [256, 480],          # random shorter side [min, max]; [] keeps the input size
@@ -155,12 +156,18 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if d.digits_size < 8:
         raise _fail("data.digits_size", f"must be >= 8 (the images are 8×8), got {d.digits_size}")
     choice("data.digits_background", d.digits_background, ("black", "canvas", "context"))
+    sizes = d.digits_train_sizes
+    if not (isinstance(sizes, list) and all(isinstance(v, int) and v >= 8 for v in sizes)):
+        raise _fail("data.digits_train_sizes", f"must be a list of integers >= 8 ([] = data.digits_size), got {sizes!r}")
+    if sizes and d.digits_background != "context":
+        raise _fail("data.digits_train_sizes", f"needs data.digits_background: context, got {d.digits_background!r}")
     if d.digits_background == "context":
-        heights = d.digits_heights
+        heights, smallest = d.digits_heights, min([d.digits_size] + sizes)
         if not (isinstance(heights, list) and len(heights) == 2 and all(isinstance(v, int) for v in heights)
-                and 4 <= heights[0] <= heights[1] <= d.digits_size):
-            raise _fail("data.digits_heights", f"must be [low, high] with 4 <= low <= high <= data.digits_size "
-                                               f"({d.digits_size}), got {heights}")
+                and 4 <= heights[0] <= heights[1] <= smallest):
+            bound = "data.digits_size" if not sizes else "the smallest of data.digits_size and data.digits_train_sizes"
+            raise _fail("data.digits_heights", f"must be [low, high] with 4 <= low <= high <= {bound} ({smallest}), "
+                                               f"got {heights}")
     if not (isinstance(d.digits_curriculum_epochs, int) and d.digits_curriculum_epochs >= 0):
         raise _fail("data.digits_curriculum_epochs", f"must be an integer >= 0, got {d.digits_curriculum_epochs!r}")
 

@@ -40,6 +40,7 @@ from ..evaluation import flatten_metrics
 from ..model import build_detector
 from ..model.init_detector import detector_for_finetuning
 from ..model.inference import build_inference_model
+from ..model.bn_restats import restat_batchnorm
 from ..model.optimize import prepare_for_training
 from ..model.trunk_scale import fc6_group_options, rescale_trunk_output, rescaled_fc6_weight
 from ..model.io import TRAIN_STATE_FORMAT, detector_file, save_detector
@@ -155,12 +156,16 @@ class DetectionTrainer:
                                           d.max_image_pixels, self.issues)
         device = info.device
         self.trunk_factor = 1.0  # set by _rescale_trunk on a fresh start; restored with the optimizer on resume
+        self.manager = CheckpointManager(self.output_dir / "checkpoints", s.keep_last)
+        path, state = self.manager.load_latest() if self.resume else (None, None)
         if cfg.model.init_detector:  # --init-detector: trunk, RPN and head from a trained detector
             self.model, note = detector_for_finetuning(cfg, self.train_src.categories)
             self.model = self.model.to(device)
             _log(note, info)
         else:
             self.model = build_detector(cfg, len(self.train_src.categories)).to(device)
+            if cfg.model.bn_restats_images > 0 and state is None:  # a resumed run restores the measured statistics
+                self._restat_batchnorm(info)
             if cfg.model.trunk_output_rms > 0:
                 self._rescale_trunk(info)
         # BN fused into the convs, channels_last, float32 box arithmetic under autocast; state_dict keys unchanged
@@ -175,10 +180,8 @@ class DetectionTrainer:
         self.amp_dtype = training_amp_dtype(s.amp, device, info)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.guard = NanGuard(s.nan_policy, check_grads=not self.scaler.is_enabled())
-        self.manager = CheckpointManager(self.output_dir / "checkpoints", s.keep_last)
         self.iteration, self.last_good = 0, None
         if self.resume:
-            path, state = self.manager.load_latest()
             if state is None:
                 _log(f"--resume: no readable checkpoint in {self.manager.folder}; starting from iteration 0", info)
             else:
@@ -198,6 +201,17 @@ class DetectionTrainer:
         _log(f"trunk output RMS {before:.3g} on {count} training images -> {self.cfg.model.trunk_output_rms:g}: conv5_3 "
              f"x {factor:.3g}, fc6 / {factor:.3g} and its lr / {factor ** 2:.3g} (model.trunk_output_rms; same box "
              f"features, fc6 learns as before)", info)
+
+    def _restat_batchnorm(self, info: DistInfo) -> None:
+        # Every process measures the same images, so the statistics agree before DDP broadcasts rank 0's buffers.
+        count = min(self.cfg.model.bn_restats_images, len(self.train_set))
+        samples = [self.train_set[(index, 0)] for index in range(count)]
+        images = images_to_float([image for image, _ in samples], info.device)
+        targets = _to_device([target for _, target in samples], info.device)
+        batch = per_process_batch(self.cfg.solver.ims_per_batch, info.world_size, "solver.ims_per_batch")
+        updated = restat_batchnorm(self.model, images, targets, batch)
+        _log(f"BatchNorm statistics measured again on {count} training images and their RoIs: {updated['trunk']} "
+             f"trunk and {updated['head']} head layers (model.bn_restats_images)", info)
 
     def _loader(self, info: DistInfo) -> DataLoader:
         d = self.cfg.data

@@ -14,7 +14,8 @@ DEFAULT_ROOTS = {"imagenet": "datasets/imagenet", "cifar10": "datasets/cifar10",
 
 def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: int = 0,
                    digits_size: int = 16, digits_background: str = "black",
-                   digits_heights=(12, 40), digits_curriculum_epochs: int = 0) -> Tuple[Dataset, Dataset]:
+                   digits_heights=(12, 40), digits_curriculum_epochs: int = 0,
+                   digits_train_sizes=()) -> Tuple[Dataset, Dataset]:
     """(training set, validation set) of dataset ``name``; ``root`` "" means the default under ``datasets/``.
 
     Validation is ImageNet's ``val``, CIFAR-10's ``test_batch`` (or the held-out part of the training batches when
@@ -28,14 +29,16 @@ def build_datasets(name: str, root: str = "", on_error: str = "raise", holdout: 
         return train, ImageFolderDataset(root, "val", on_error, classes=train.categories)
     if name == "cifar10":
         return Cifar10Dataset(root, "train", holdout), Cifar10Dataset(root, "val" if holdout else "test", holdout)
-    return (DigitsDataset("train", digits_size, digits_background, digits_heights, digits_curriculum_epochs),
+    return (DigitsDataset("train", digits_size, digits_background, digits_heights, digits_curriculum_epochs,
+                          digits_train_sizes),
             DigitsDataset("val", digits_size, digits_background, digits_heights))
 
 
 def build_datasets_for(data) -> Tuple[Dataset, Dataset]:
     """``build_datasets`` with every argument from a pretraining config's ``data`` section."""
     return build_datasets(data.dataset, data.root, data.on_error, data.holdout, data.digits_size,
-                          data.digits_background, data.digits_heights, data.digits_curriculum_epochs)
+                          data.digits_background, data.digits_heights, data.digits_curriculum_epochs,
+                          data.digits_train_sizes)
 
 
 __all__ = ["build_datasets", "build_datasets_for", "DATASETS", "DatasetError", "DatasetNotFoundError", "Cifar10Dataset", "DigitsDataset",
