@@ -3,13 +3,12 @@ and the RoIs sampled from them, matching torch's own BatchNorm on the same input
 training, and not again on resume."""
 import pytest
 import torch
-import torch.nn as nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from backbones.utils.config import ConfigError
 from detection.config import load_det_config
 from detection.engine.trainer import DetectionTrainer
-from detection.model.bn_restats import restat_batchnorm
+from detection.model.bn_restats import NORMS, restat_batchnorm
 from detection.model.detector import build_detector
 from detection.model.io import read_detector_file
 from fault_helpers import one_thread  # noqa: F401  (shared one-thread fixture)
@@ -34,7 +33,7 @@ def _data(count: int):
 
 
 def _norms(module):
-    return [m for m in module.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
+    return [m for m in module.modules() if isinstance(m, NORMS)]
 
 
 @torch.no_grad()

@@ -192,25 +192,27 @@ class DetectionTrainer:
              f"{len(self.train_src.categories)} classes, lr {self.lr:g}, global batch {s.ims_per_batch} "
              f"({info.world_size} process(es))", info)
 
+    def _first_training_samples(self, count: int, info: DistInfo) -> tuple:
+        """Images (float, on the device) and targets of the first ``count`` training images, as epoch 0 draws them."""
+        samples = [self.train_set[(index, 0)] for index in range(min(count, len(self.train_set)))]
+        return (images_to_float([image for image, _ in samples], info.device),
+                _to_device([target for _, target in samples], info.device))
+
     def _rescale_trunk(self, info: DistInfo) -> None:
         # Every process computes the same factor from the same images; DDP then starts from rank 0's weights anyway.
-        count = min(CALIBRATION_IMAGES, len(self.train_set))
-        images = images_to_float([self.train_set[(index, 0)][0] for index in range(count)], info.device)
+        images, _ = self._first_training_samples(CALIBRATION_IMAGES, info)
         before, factor = rescale_trunk_output(self.model, images, self.cfg.model.trunk_output_rms)
         self.trunk_factor = factor
-        _log(f"trunk output RMS {before:.3g} on {count} training images -> {self.cfg.model.trunk_output_rms:g}: conv5_3 "
+        _log(f"trunk output RMS {before:.3g} on {len(images)} training images -> {self.cfg.model.trunk_output_rms:g}: conv5_3 "
              f"x {factor:.3g}, fc6 / {factor:.3g} and its lr / {factor ** 2:.3g} (model.trunk_output_rms; same box "
              f"features, fc6 learns as before)", info)
 
     def _restat_batchnorm(self, info: DistInfo) -> None:
         # Every process measures the same images, so the statistics agree before DDP broadcasts rank 0's buffers.
-        count = min(self.cfg.model.bn_restats_images, len(self.train_set))
-        samples = [self.train_set[(index, 0)] for index in range(count)]
-        images = images_to_float([image for image, _ in samples], info.device)
-        targets = _to_device([target for _, target in samples], info.device)
+        images, targets = self._first_training_samples(self.cfg.model.bn_restats_images, info)
         batch = per_process_batch(self.cfg.solver.ims_per_batch, info.world_size, "solver.ims_per_batch")
         updated = restat_batchnorm(self.model, images, targets, batch)
-        _log(f"BatchNorm statistics measured again on {count} training images and their RoIs: {updated['trunk']} "
+        _log(f"BatchNorm statistics measured again on {len(images)} training images and their RoIs: {updated['trunk']} "
              f"trunk and {updated['head']} head layers (model.bn_restats_images)", info)
 
     def _loader(self, info: DistInfo) -> DataLoader:

@@ -18,17 +18,21 @@ NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
 
 class _Moments:
-    """While active, each norm layer normalises with its batch's statistics (as in training) and accumulates the
-    first and second moments of its input over all batches; ``commit`` stores their mean and variance."""
+    """Inside ``with``, each norm layer normalises with its batch's statistics (as in training) and accumulates the
+    first and second moments of its input over all batches; on a normal exit their mean and variance are stored,
+    on an exception the previous statistics come back."""
 
     def __init__(self, module: nn.Module):
         self.norms = [m for m in module.modules() if isinstance(m, NORMS)]
+
+    def __enter__(self) -> "_Moments":
         self.sums: Dict[nn.Module, List] = {m: [0.0, 0.0, 0] for m in self.norms}
         self.saved = {m: (m.running_mean.clone(), m.running_var.clone()) for m in self.norms}
         self.handles = [m.register_forward_pre_hook(self._hook) for m in self.norms]
         self.modes = {m: m.training for m in self.norms}
         for m in self.norms:
             m.eval()  # BatchNorm2d then reads the buffers this hook sets
+        return self
 
     def _hook(self, module: nn.Module, inputs) -> None:
         x = inputs[0].detach().float()
@@ -40,7 +44,8 @@ class _Moments:
         module.running_mean.copy_(mean)
         module.running_var.copy_((square - mean.pow(2)).clamp_(min=0))
 
-    def close(self, commit: bool) -> None:
+    def __exit__(self, error_type, error, traceback) -> None:
+        commit = error_type is None
         for handle in self.handles:
             handle.remove()
         for m in self.norms:
@@ -73,36 +78,23 @@ def restat_batchnorm(model, images: Sequence[torch.Tensor], targets: Sequence[di
     if not images:
         raise ValueError("BatchNorm re-estimation needs at least one training image")
     was_training = model.training
-    pairs = list(zip(images, targets))
     trunk, head = model.backbone, model.roi_heads.box_head
     try:
         model.train()  # the training transform (no resize of augmented images) and the RPN's training proposals
-        moments = _Moments(trunk)
-        try:
-            for batch in _batches(pairs, batch_size):
-                tensors, _ = model.transform([img for img, _ in batch], [dict(t) for _, t in batch])
+        pairs = list(zip(images, targets))
+        batches = [model.transform([img for img, _ in batch], [dict(t) for _, t in batch])
+                   for batch in _batches(pairs, batch_size)]
+        with _Moments(trunk) as trunk_norms:
+            for tensors, _ in batches:
                 trunk(tensors.tensors)
-        except BaseException:
-            moments.close(commit=False)
-            raise
-        moments.close(commit=True)
-        counts = {"trunk": len(moments.norms)}
         # The head's RoIs: the untrained RPN's proposals with the ground truth added, sampled as at iteration 0.
         trunk.eval()  # a trainable-BN trunk now normalises with its new statistics
-        moments = _Moments(head)
-        try:
-            for batch in _batches(pairs, batch_size):
-                tensors, batch_targets = model.transform([img for img, _ in batch], [dict(t) for _, t in batch])
+        with _Moments(head) as head_norms:
+            for tensors, batch_targets in batches:
                 features = {"0": trunk(tensors.tensors)}
                 proposals, _ = model.rpn(tensors, features, batch_targets)
                 proposals, _, _, _ = model.roi_heads.select_training_samples(proposals, batch_targets)
-                pooled = model.roi_heads.box_roi_pool(features, proposals, tensors.image_sizes)
-                head(pooled)
-        except BaseException:
-            moments.close(commit=False)
-            raise
-        moments.close(commit=True)
-        counts["head"] = len(moments.norms)
-        return counts
+                head(model.roi_heads.box_roi_pool(features, proposals, tensors.image_sizes))
+        return {"trunk": len(trunk_norms.norms), "head": len(head_norms.norms)}
     finally:
         model.train(was_training)
