@@ -107,6 +107,9 @@ DEFAULTS = {
         "warmup_iters": 0,
         "warmup_factor": 0.001,
         "clip_grad_norm": 0.0,
+        # >0: the pretrained layers (trunk, box head) hold still for this many iterations while the new ones (RPN,
+        # box predictor) learn, then train with a fresh warm-up (linear probing before fine-tuning)
+        "freeze_pretrained_iters": 0,
         # none | bf16 | fp16 (fp16 with a GradScaler); bf16 also on CPUs with native bf16, else float32
         "amp": "bf16",
         "nan_policy": "stop",
@@ -182,6 +185,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(s.weight_decay >= 0 and s.weight_decay_bias >= 0, "solver.weight_decay", s.weight_decay, ">= 0")
     _check(s.warmup_iters >= 0 and 0 < s.warmup_factor <= 1, "solver.warmup_factor", s.warmup_factor, "in (0, 1]")
     _check(s.bias_lr_factor > 0, "solver.bias_lr_factor", s.bias_lr_factor, "> 0")
+    _check(isinstance(s.freeze_pretrained_iters, int) and 0 <= s.freeze_pretrained_iters < s.max_iter,
+           "solver.freeze_pretrained_iters", s.freeze_pretrained_iters,
+           f"an integer in [0, max_iter={s.max_iter}) (0 = every layer trains from the first iteration)")
     _check(s.checkpoint_period >= 1, "solver.checkpoint_period", s.checkpoint_period, ">= 1")
     _check(s.keep_last >= 1, "solver.keep_last", s.keep_last, ">= 1")
     _check(s.log_period >= 1, "solver.log_period", s.log_period, ">= 1")

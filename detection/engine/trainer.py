@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from backbones.pretrain.schedule import LRSchedule
 from backbones.utils.atomic_io import atomic_write_json, atomic_write_text
 from backbones.utils.checkpoint import CheckpointManager
-from backbones.utils.config import Config
+from backbones.utils.config import Config, ConfigError
 from backbones.utils.dist import (DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed,
                                   linear_scaled_lr, per_process_batch)
 from backbones.utils.metrics_log import MetricsLogger
@@ -56,26 +56,50 @@ def _log(message: str, info: DistInfo) -> None:
         print(f"[resdet] {message}", file=sys.stderr, flush=True)
 
 
+PRETRAINED_PREFIXES = ("backbone.", "roi_heads.box_head.")  # what the classifier checkpoint initialises
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor: float = 1.0) -> torch.optim.SGD:
     """SGD with biases in their own group (Fast R-CNN: bias lr x2, no weight decay); frozen parameters left out.
 
     With ``model.trunk_output_rms`` on, fc6's weight gets a third group whose options undo the rescaling by
-    ``trunk_factor`` (on resume the saved groups bring the factor back).
+    ``trunk_factor`` (on resume the saved groups bring the factor back). With ``solver.freeze_pretrained_iters``
+    on, the trunk's and box head's parameters get groups of their own, marked ``pretrained``, whose lr the trainer
+    holds at 0 for those iterations.
     """
     s = cfg.solver
     fc6 = rescaled_fc6_weight(model) if cfg.model.trunk_output_rms > 0 else None
-    weights, biases = [], []
+    split = s.freeze_pretrained_iters > 0
+    buckets: Dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad and p is not fc6:
-            (biases if name.endswith(".bias") else weights).append(p)
-    groups = [{"params": weights, "lr": lr, "weight_decay": s.weight_decay, "lr_factor": 1.0}]
-    if biases:
-        groups.append({"params": biases, "lr": lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias,
-                       "lr_factor": s.bias_lr_factor})
+            pretrained = split and name.startswith(PRETRAINED_PREFIXES)
+            buckets.setdefault((name.endswith(".bias"), pretrained), []).append(p)
+    groups = []
+    for pretrained in ((False, True) if split else (False,)):
+        if buckets.get((False, pretrained)):
+            groups.append({"params": buckets[(False, pretrained)], "lr": lr, "weight_decay": s.weight_decay,
+                           "lr_factor": 1.0, "pretrained": pretrained})
+        if buckets.get((True, pretrained)):
+            groups.append({"params": buckets[(True, pretrained)], "lr": lr * s.bias_lr_factor,
+                           "weight_decay": s.weight_decay_bias, "lr_factor": s.bias_lr_factor,
+                           "pretrained": pretrained})
     if fc6 is not None:
         options = fc6_group_options(trunk_factor, s.weight_decay)
-        groups.append({"params": [fc6], "lr": lr * options["lr_factor"], **options})
+        groups.append({"params": [fc6], "lr": lr * options["lr_factor"], **options, "pretrained": split})
     return torch.optim.SGD(groups, lr=lr, momentum=s.momentum)
+
+
+def pretrained_lr_scale(iteration: int, hold: int, warmup_iters: int, warmup_factor: float) -> float:
+    """Multiplier of the pretrained groups' lr: 0 for the first ``hold`` iterations, then the solver's linear warm-up
+    again from the release (their momentum buffers hold the gradients of the held iterations)."""
+    if iteration < hold:
+        return 0.0
+    done = iteration - hold
+    if done >= warmup_iters:
+        return 1.0
+    alpha = done / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
 
 
 def _to_device(targets: List[dict], device) -> List[dict]:
@@ -185,12 +209,15 @@ class DetectionTrainer:
             if state is None:
                 _log(f"--resume: no readable checkpoint in {self.manager.folder}; starting from iteration 0", info)
             else:
-                self._restore(state, info)
                 self.last_good = str(path)
+                self._restore(state, info)
                 _log(f"resumed from {path} at iteration {self.iteration}", info)
         _log(f"{self.model.backbone_name} C4 on {self.train_src.name}: {len(self.train_set)} training images, "
              f"{len(self.train_src.categories)} classes, lr {self.lr:g}, global batch {s.ims_per_batch} "
              f"({info.world_size} process(es))", info)
+        if s.freeze_pretrained_iters and self.iteration < s.freeze_pretrained_iters:
+            _log(f"trunk and box head held for the first {s.freeze_pretrained_iters} iterations while the RPN and box "
+                 f"predictor learn (solver.freeze_pretrained_iters)", info)
 
     def _first_training_samples(self, count: int, info: DistInfo) -> tuple:
         """Images (float, on the device) and targets of the first ``count`` training images, as epoch 0 draws them."""
@@ -264,8 +291,11 @@ class DetectionTrainer:
                         self.seen.record(issue)
                 images = images_to_float(images, device)
                 lr = self.schedule.lr(self.iteration)
+                held = pretrained_lr_scale(self.iteration, s.freeze_pretrained_iters, s.warmup_iters, s.warmup_factor)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_factor"]
+                    group["lr"] = lr * group["lr_factor"] * (held if group.get("pretrained") else 1.0)
+                if s.freeze_pretrained_iters and self.iteration == s.freeze_pretrained_iters:
+                    _log(f"iteration {self.iteration}: trunk and box head released (solver.freeze_pretrained_iters)", info)
                 with autocast():
                     losses = self.net(images, _to_device(targets, device))
                 loss = sum(losses[k].float() for k in LOSS_KEYS)
@@ -341,6 +371,13 @@ class DetectionTrainer:
 
     def _restore(self, state: Dict[str, Any], info: DistInfo) -> None:
         self.model.load_state_dict(state["model"])
+        saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        built = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != built:  # torch's own message names neither the file nor the cause
+            raise ConfigError(f"{self.last_good}: its optimizer has parameter groups of sizes {saved}, "
+                              f"this config builds {built}; solver.freeze_pretrained_iters, model.trunk_output_rms, "
+                              f"model.freeze_at and the model keys must be those the run started with "
+                              f"({self.output_dir / 'config.yaml'})")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if state.get("scaler"):
