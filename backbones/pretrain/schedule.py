@@ -12,6 +12,14 @@ POLICIES = ("step", "plateau")
 WARMUP_METHODS = ("constant", "linear")
 
 
+def linear_warmup_factor(iteration: int, warmup_iters: int, warmup_factor: float) -> float:
+    """The linear warm-up's multiplier at ``iteration``: ``warmup_factor`` at 0, rising to 1 at ``warmup_iters``."""
+    if iteration >= warmup_iters:
+        return 1.0
+    alpha = iteration / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
 class LRSchedule:
     def __init__(self, base_lr: float, policy: str = "step", steps: Sequence[int] = (), gamma: float = 0.1,
                  warmup_iters: int = 0, warmup_factor: float = 0.1, warmup_method: str = "constant",
@@ -45,8 +53,7 @@ class LRSchedule:
         lr = self.base_lr * self.gamma ** drops
         if self._in_warmup(iteration):
             if self.warmup_method == "linear" and not self.warmup_until_err:
-                alpha = iteration / self.warmup_iters
-                lr *= self.warmup_factor * (1 - alpha) + alpha
+                lr *= linear_warmup_factor(iteration, self.warmup_iters, self.warmup_factor)
             else:
                 lr *= self.warmup_factor
         return lr

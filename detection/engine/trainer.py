@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from backbones.pretrain.schedule import LRSchedule
+from backbones.pretrain.schedule import LRSchedule, linear_warmup_factor
 from backbones.utils.atomic_io import atomic_write_json, atomic_write_text
 from backbones.utils.checkpoint import CheckpointManager
 from backbones.utils.config import Config, ConfigError
@@ -70,20 +70,15 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor
     s = cfg.solver
     fc6 = rescaled_fc6_weight(model) if cfg.model.trunk_output_rms > 0 else None
     split = s.freeze_pretrained_iters > 0
-    buckets: Dict[tuple, list] = {}
+    buckets: Dict[tuple, list] = {}  # (pretrained, is_bias) -> parameters; sorted, weights come before biases
     for name, p in model.named_parameters():
         if p.requires_grad and p is not fc6:
-            pretrained = split and name.startswith(PRETRAINED_PREFIXES)
-            buckets.setdefault((name.endswith(".bias"), pretrained), []).append(p)
+            buckets.setdefault((split and name.startswith(PRETRAINED_PREFIXES), name.endswith(".bias")), []).append(p)
     groups = []
-    for pretrained in ((False, True) if split else (False,)):
-        if buckets.get((False, pretrained)):
-            groups.append({"params": buckets[(False, pretrained)], "lr": lr, "weight_decay": s.weight_decay,
-                           "lr_factor": 1.0, "pretrained": pretrained})
-        if buckets.get((True, pretrained)):
-            groups.append({"params": buckets[(True, pretrained)], "lr": lr * s.bias_lr_factor,
-                           "weight_decay": s.weight_decay_bias, "lr_factor": s.bias_lr_factor,
-                           "pretrained": pretrained})
+    for pretrained, is_bias in sorted(buckets):
+        factor = s.bias_lr_factor if is_bias else 1.0
+        groups.append({"params": buckets[(pretrained, is_bias)], "lr": lr * factor, "lr_factor": factor,
+                       "weight_decay": s.weight_decay_bias if is_bias else s.weight_decay, "pretrained": pretrained})
     if fc6 is not None:
         options = fc6_group_options(trunk_factor, s.weight_decay)
         groups.append({"params": [fc6], "lr": lr * options["lr_factor"], **options, "pretrained": split})
@@ -93,13 +88,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor
 def pretrained_lr_scale(iteration: int, hold: int, warmup_iters: int, warmup_factor: float) -> float:
     """Multiplier of the pretrained groups' lr: 0 for the first ``hold`` iterations, then the solver's linear warm-up
     again from the release (their momentum buffers hold the gradients of the held iterations)."""
-    if iteration < hold:
-        return 0.0
-    done = iteration - hold
-    if done >= warmup_iters:
-        return 1.0
-    alpha = done / warmup_iters
-    return warmup_factor * (1 - alpha) + alpha
+    return 0.0 if iteration < hold else linear_warmup_factor(iteration - hold, warmup_iters, warmup_factor)
 
 
 def _to_device(targets: List[dict], device) -> List[dict]:
