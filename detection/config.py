@@ -5,12 +5,15 @@ longer <= 1000; anchors 128/256/512 x 0.5/1/2; RPN 256 anchors at 1:1, IoU 0.7/0
 (train) and 6000/300 (test); 128 RoIs per image, 25% foreground at IoU >= 0.5, background [0, 0.5); per-class NMS
 0.3 at test.
 """
+import sys
 from typing import Any, Iterable, Optional
 
 import yaml
 
 from backbones.registry import get_spec
 from backbones.utils.config import Config, ConfigError, load_config
+
+from .model.losses import BOX_LOSS_TYPES, DETECTRON2_ONLY_BOX_LOSSES, RPN_NORMALIZERS
 
 # Freezable stages of the C4 split per backbone family (stem, res2..res5; VGG conv1_x..conv5_x; CIFAR stem + 3).
 C4_STAGES = {"imagenet_resnet": 5, "vgg": 5, "cifar_resnet": 4}
@@ -51,6 +54,11 @@ DEFAULTS = {
             "nms_thresh": 0.7,
             "ignore_cross_boundary": True,
             "boundary_tolerance": 0.0,
+            # Losses (detection/model/losses.py): py-faster-rcnn's smooth L1 sigma = 3 (beta = 1/9) averaged over the
+            # sampled anchors; detectron2: beta 0 (L1) and "batch_size" (sum / (batch_size_per_image x images))
+            "box_loss_type": "smooth_l1",
+            "smooth_l1_beta": 1.0 / 9,
+            "loss_normalizer": "sampled",
         },
         "roi_heads": {
             "pooler": "align",
@@ -65,6 +73,9 @@ DEFAULTS = {
             "score_thresh": 0.05,
             "nms_thresh": 0.3,
             "detections_per_img": 100,
+            # Fast R-CNN box loss: py-faster-rcnn's smooth L1 sigma = 1 (beta = 1); torchvision 1/9, detectron2 0 (L1)
+            "box_loss_type": "smooth_l1",
+            "smooth_l1_beta": 1.0,
         },
     },
     "input": {
@@ -100,6 +111,7 @@ DEFAULTS = {
         "momentum": 0.9,
         "weight_decay": 0.0005,
         "weight_decay_bias": 0.0,
+        "weight_decay_norm": None,  # null: norm layers' weights as any weight (biases as biases); detectron2: 0.0
         "bias_lr_factor": 2.0,
         "max_iter": 80000,
         "steps": [60000],
@@ -166,6 +178,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                node.bg_iou_thresh, f"0 <= bg_iou_thresh <= fg_iou_thresh ({node.fg_iou_thresh}) <= 1")
     for key in ("pre_nms_top_n_train", "post_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_test"):
         _check(r[key] >= 1, f"model.rpn.{key}", r[key], ">= 1")
+    for prefix, node in (("model.rpn", r), ("model.roi_heads", h)):
+        other = " (detectron2's giou/diou/ciou are not implemented)" if node.box_loss_type in DETECTRON2_ONLY_BOX_LOSSES \
+            else ""
+        _check(node.box_loss_type in BOX_LOSS_TYPES, f"{prefix}.box_loss_type", node.box_loss_type,
+               f"one of {BOX_LOSS_TYPES}{other}")
+        _check(node.smooth_l1_beta >= 0, f"{prefix}.smooth_l1_beta", node.smooth_l1_beta, ">= 0 (0 = L1)")
+    _check(r.loss_normalizer in RPN_NORMALIZERS, "model.rpn.loss_normalizer", r.loss_normalizer,
+           f"one of {RPN_NORMALIZERS} (sampled: py-faster-rcnn/torchvision; batch_size: detectron2)")
     _check(0 < r.nms_thresh <= 1, "model.rpn.nms_thresh", r.nms_thresh, "in (0, 1]")
     _check(0 < h.nms_thresh <= 1, "model.roi_heads.nms_thresh", h.nms_thresh, "in (0, 1]")
     _check(h.pooler_resolution >= 0, "model.roi_heads.pooler_resolution", h.pooler_resolution, ">= 0")
@@ -178,11 +198,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     _check(0 <= i.hflip_prob <= 1, "input.hflip_prob", i.hflip_prob, "in [0, 1]")
     _check(s.base_lr > 0, "solver.base_lr", s.base_lr, "> 0")
     _check(s.max_iter >= 1, "solver.max_iter", s.max_iter, ">= 1")
-    _check(list(s.steps) == sorted(s.steps) and all(0 < v <= s.max_iter for v in s.steps), "solver.steps",
-           s.steps, f"increasing iterations in (0, max_iter={s.max_iter}]")
+    _check(list(s.steps) == sorted(s.steps) and all(v > 0 for v in s.steps), "solver.steps", s.steps,
+           "increasing iterations > 0")
     _check(0 < s.gamma <= 1, "solver.gamma", s.gamma, "in (0, 1]")
     _check(0 <= s.momentum < 1, "solver.momentum", s.momentum, "in [0, 1)")
     _check(s.weight_decay >= 0 and s.weight_decay_bias >= 0, "solver.weight_decay", s.weight_decay, ">= 0")
+    _check(s.weight_decay_norm is None or (isinstance(s.weight_decay_norm, (int, float))
+                                           and not isinstance(s.weight_decay_norm, bool) and s.weight_decay_norm >= 0),
+           "solver.weight_decay_norm", s.weight_decay_norm, "null (as other weights) or a number >= 0")
     _check(s.warmup_iters >= 0 and 0 < s.warmup_factor <= 1, "solver.warmup_factor", s.warmup_factor, "in (0, 1]")
     _check(s.bias_lr_factor > 0, "solver.bias_lr_factor", s.bias_lr_factor, "> 0")
     _check(isinstance(s.freeze_pretrained_iters, int) and 0 <= s.freeze_pretrained_iters < s.max_iter,
@@ -214,9 +237,21 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     return cfg
 
 
+def drop_steps_beyond_max_iter(cfg: Config) -> Config:
+    """Remove ``solver.steps`` past ``solver.max_iter`` with one warning line, as detectron2's
+    ``build_lr_scheduler`` ignores them (a quick ``solver.max_iter=2`` run keeps the recipe's other keys)."""
+    s = cfg.solver
+    beyond = [v for v in s.steps if v > s.max_iter]
+    if beyond and list(s.steps) == sorted(s.steps):  # unsorted steps stay for validate to refuse
+        print(f"[resdet] solver.steps {beyond} lie beyond solver.max_iter={s.max_iter} and are ignored",
+              file=sys.stderr)
+        s.steps = [v for v in s.steps if v <= s.max_iter]
+    return cfg
+
+
 def load_det_config(path: Optional[str] = None, overrides: Iterable[str] = (), world_size: int = 1) -> Config:
     """Defaults ← YAML (``_base_`` chains) ← ``key=value`` overrides, then ``validate``."""
-    return validate(load_config(DEFAULTS, path, overrides), world_size)
+    return validate(drop_steps_beyond_max_iter(load_config(DEFAULTS, path, overrides)), world_size)
 
 
 def as_override(key: str, value: Any) -> str:

@@ -81,17 +81,10 @@ def save_zoo_pkl(model, path: Path) -> None:
 
 def make_images(sizes, seed: int = 1):
     """uint8 BGR HWC images with structure (blobs on a gradient), at the given (h, w)."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for h, w in sizes:
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (h + w) * 255], -1)
-        for _ in range(12):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 200)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        img += rng.normal(0, 8, img.shape)
-        images.append(np.clip(img, 0, 255).astype(np.uint8))
-    return images
+    sys.path.insert(0, str(ROOT / "tools"))
+    from detectron2_golden import golden_images
+
+    return golden_images(sizes, seed, radius=(20, 200))
 
 
 def compare(d2_out, ours, box_tol: float = 0.05, score_tol: float = 1e-4):

@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
-from backbones.utils.config import ConfigError, override_value, resolved_config_text  # noqa: E402
+from backbones.utils.config import ConfigError, load_config, override_value, resolved_config_text  # noqa: E402
 from backbones.utils.numerics import NonFiniteError  # noqa: E402
 from backbones.weights.keys import WeightsMismatchError  # noqa: E402
 from backbones.weights.weight_files import WeightsFileError  # noqa: E402
 from detection.config import DATASETS, DEFAULTS, as_override, load_det_config  # noqa: E402
 from detection.data import DataError  # noqa: E402
 from detection.engine.trainer import DetectionTrainer, RunFolderError  # noqa: E402
-from detection.model.init_detector import architecture_overrides  # noqa: E402
+from detection.model.init_detector import architecture_overrides, check_conventions  # noqa: E402
 from detection.paper_setups import DEFAULT_BACKBONES, default_backbone, default_config_path  # noqa: E402
 from detection.model.inference import add_inference_arguments, inference_overrides  # noqa: E402
 
@@ -87,7 +87,15 @@ def setup(args):
             backbone = default_backbone(dataset)
             overrides.insert(0, as_override("model.backbone", backbone))
         config = default_config_path(dataset, backbone or DEFAULTS["model"]["backbone"])
-    return load_det_config(str(config) if config else None, overrides), config
+    cfg = load_det_config(str(config) if config else None, overrides)
+    if init:
+        # what the config and the user ask for, before the file's architecture keys
+        asked = load_config(DEFAULTS, str(config) if config else None, [o for o in overrides if o not in init])
+        requested = asked.model.conventions
+        warning = check_conventions(requested, cfg, args.init_detector)
+        if warning:
+            print(f"[resdet] warning: {warning}", file=sys.stderr)
+    return cfg, config
 
 
 def main(args) -> int:

@@ -62,6 +62,9 @@ PRETRAINED_PREFIXES = ("backbone.", "roi_heads.box_head.")  # what the classifie
 def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor: float = 1.0) -> torch.optim.SGD:
     """SGD with biases in their own group (Fast R-CNN: bias lr x2, no weight decay); frozen parameters left out.
 
+    With ``solver.weight_decay_norm`` set, normalisation layers' parameters get that weight decay (detectron2's
+    ``WEIGHT_DECAY_NORM``; their biases keep ``bias_lr_factor``).
+
     With ``model.trunk_output_rms`` on, fc6's weight gets a third group whose options undo the rescaling by
     ``trunk_factor`` (on resume the saved groups bring the factor back). With ``solver.freeze_pretrained_iters``
     on, the trunk's and box head's parameters get groups of their own, marked ``pretrained``, whose lr the trainer
@@ -70,19 +73,31 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float, trunk_factor
     s = cfg.solver
     fc6 = rescaled_fc6_weight(model) if cfg.model.trunk_output_rms > 0 else None
     split = s.freeze_pretrained_iters > 0
-    buckets: Dict[tuple, list] = {}  # (pretrained, is_bias) -> parameters; sorted, weights come before biases
+    norms = norm_parameters(model) if s.weight_decay_norm is not None else set()
+    # (pretrained, is_bias, is_norm) -> parameters; sorted, weights come before biases (old checkpoints: no norm group)
+    buckets: Dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad and p is not fc6:
-            buckets.setdefault((split and name.startswith(PRETRAINED_PREFIXES), name.endswith(".bias")), []).append(p)
+            key = (split and name.startswith(PRETRAINED_PREFIXES), name.endswith(".bias"), id(p) in norms)
+            buckets.setdefault(key, []).append(p)
     groups = []
-    for pretrained, is_bias in sorted(buckets):
+    for pretrained, is_bias, is_norm in sorted(buckets):
         factor = s.bias_lr_factor if is_bias else 1.0
-        groups.append({"params": buckets[(pretrained, is_bias)], "lr": lr * factor, "lr_factor": factor,
-                       "weight_decay": s.weight_decay_bias if is_bias else s.weight_decay, "pretrained": pretrained})
+        decay = s.weight_decay_norm if is_norm else s.weight_decay_bias if is_bias else s.weight_decay
+        groups.append({"params": buckets[(pretrained, is_bias, is_norm)], "lr": lr * factor, "lr_factor": factor,
+                       "weight_decay": decay, "pretrained": pretrained})
     if fc6 is not None:
         options = fc6_group_options(trunk_factor, s.weight_decay)
         groups.append({"params": [fc6], "lr": lr * options["lr_factor"], **options, "pretrained": split})
     return torch.optim.SGD(groups, lr=lr, momentum=s.momentum)
+
+
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+
+
+def norm_parameters(model: torch.nn.Module) -> set:
+    """``id``s of the parameters of normalisation layers (detectron2's ``norm_module_types``)."""
+    return {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
 
 
 def pretrained_lr_scale(iteration: int, hold: int, warmup_iters: int, warmup_factor: float) -> float:
@@ -164,7 +179,8 @@ class DetectionTrainer:
         self.test_src = test_source(cfg, DataIssues(d.on_error))
         if self.test_src is not None and self.test_src.class_names != self.train_src.class_names:
             raise ValueError(f"test split {self.test_src.name} has other classes than {self.train_src.name}")
-        augmentation = TrainAugmentation(cfg.input.min_size_train, cfg.input.max_size_train, cfg.input.hflip_prob)
+        augmentation = TrainAugmentation(cfg.input.min_size_train, cfg.input.max_size_train, cfg.input.hflip_prob,
+                                         cfg.model.conventions)
         self.train_set = FastDetectionDataset(self.train_src, True, augmentation, d.use_difficult, d.filter_empty,
                                           d.max_image_pixels, self.issues)
         device = info.device

@@ -9,7 +9,6 @@ import torch.nn as nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 
 from backbones.c4 import C4Backbone, build_c4
@@ -20,6 +19,7 @@ from backbones.weights.sources import LayoutMismatch
 from .detectron2_semantics import (Detectron2AnchorGenerator, Detectron2Predictor, Detectron2RoIHeads, Detectron2RPN,
                                    Detectron2Transform, use_detectron2_frozen_bn)
 from .pooler import SingleLevelRoIPooler
+from .roi_heads import C4RoIHeads
 from .rpn import BoundaryAwareRPN
 from .transform import PixelConventionTransform
 
@@ -53,16 +53,17 @@ class FasterRCNNC4(GeneralizedRCNN):
             post_nms_top_n={"training": r.post_nms_top_n_train, "testing": r.post_nms_top_n_test},
             nms_thresh=r.nms_thresh,
             ignore_cross_boundary=r.ignore_cross_boundary, boundary_tolerance=r.boundary_tolerance,
+            smooth_l1_beta=r.smooth_l1_beta, loss_normalizer=r.loss_normalizer,
         )
         pooler = SingleLevelRoIPooler(h.pooler_resolution or c4.roi_size, c4.stride, h.pooler, h.sampling_ratio,
                                       h.aligned)
         predictor = (Detectron2Predictor if d2 else FastRCNNPredictor)(c4.head_channels, num_classes + 1)
         _init_predictor(predictor)
-        roi_heads = (Detectron2RoIHeads if d2 else RoIHeads)(
+        roi_heads = (Detectron2RoIHeads if d2 else C4RoIHeads)(
             pooler, c4.head, predictor,
             h.fg_iou_thresh, h.bg_iou_thresh, h.batch_size_per_image, h.positive_fraction,
             tuple(float(w) for w in h.bbox_reg_weights),
-            h.score_thresh, h.nms_thresh, h.detections_per_img,
+            h.score_thresh, h.nms_thresh, h.detections_per_img, smooth_l1_beta=h.smooth_l1_beta,
         )
         transform = (Detectron2Transform if d2 else PixelConventionTransform)(meta, [min_size], max_size, size_divisible, resize_in_training=False)
         super().__init__(trunk, rpn, roi_heads, transform)

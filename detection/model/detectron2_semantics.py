@@ -13,6 +13,15 @@ so that a converted detectron2 detector computes what its ``DefaultPredictor`` c
 - test resize (``ResizeShortestEdge.get_output_shape``): size rounded with ``int(x + 0.5)`` (torchvision floors);
 - arithmetic: frozen BN as ``F.batch_norm`` and box predictor products with detectron2's matrices, so the rounding
   is detectron2's too.
+
+Training differs from torchvision in places that are config keys rather than classes, set to detectron2's values by
+``configs/detection/detectron2_c4.yaml`` (docs/DETECTION.md lists each with the function it follows): the losses
+(``losses.py``: ``RPN.losses`` normaliser, ``SMOOTH_L1_BETA`` 0 in ``_dense_box_regression_loss`` and
+``FastRCNNOutputLayers.box_reg_loss``), the optimizer groups (``build_optimizer``: ``WEIGHT_DECAY_NORM``, bias
+factors), the schedule (``build_lr_scheduler``: steps past ``MAX_ITER`` dropped, in ``detection/config.py``) and the
+training resize (``ResizeShortestEdge`` + ``ResizeTransform``, in ``detection/data/transforms.py``). The optimised
+inference path keeps these semantics: ``optimize.reduce_proposal_syncs`` installs a one-level twin of
+``Detectron2RPN.filter_proposals`` (on logits) for detectron2-convention models.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,10 +31,11 @@ import torch.nn.functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..data.transforms import detectron2_resized_shape
+from .roi_heads import C4RoIHeads
 from .rpn import BoundaryAwareRPN
 from .transform import PixelConventionTransform
 
@@ -42,17 +52,6 @@ def detectron2_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[floa
             h = aspect_ratio * w
             anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
     return torch.tensor(anchors)
-
-
-def detectron2_resized_shape(h: int, w: int, short_edge: int, max_size: int) -> Tuple[int, int]:
-    """``ResizeShortestEdge.get_output_shape``: the (height, width) detectron2 resizes an image to."""
-    size = short_edge * 1.0
-    scale = size / min(h, w)
-    newh, neww = (size, scale * w) if h < w else (scale * h, size)
-    if max(newh, neww) > max_size:
-        scale = max_size * 1.0 / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
 
 
 class Detectron2FrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -149,8 +148,8 @@ class Detectron2Predictor(FastRCNNPredictor):
                 torch.cat([deltas.new_zeros(deltas.shape[0], 4), deltas], dim=1))
 
 
-class Detectron2RoIHeads(RoIHeads):
-    """``RoIHeads`` whose test-time output is ``fast_rcnn_inference_single_image`` (background is label 0 here)."""
+class Detectron2RoIHeads(C4RoIHeads):
+    """``C4RoIHeads`` whose test-time output is ``fast_rcnn_inference_single_image`` (background is label 0 here)."""
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         per_image = [len(p) for p in proposals]

@@ -4,8 +4,9 @@ The new run takes the file's architecture (backbone, anchors, conventions, RoI p
 RPN and res5 head mean the same thing, and its pixel convention. The class-specific predictor is kept when the class
 names are the same and re-initialised otherwise. Frozen stages follow the run's config.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+from backbones.utils.config import Config, ConfigError
 from backbones.weights.meta import WeightsMeta
 
 from ..config import as_override
@@ -28,6 +29,29 @@ def architecture_overrides(path) -> List[str]:
             node = node[part]
         overrides.append(as_override(f"model.{key}", node.to_dict() if hasattr(node, "to_dict") else node))
     return overrides + [as_override("model.init_detector", str(path))]
+
+
+def check_conventions(requested: str, cfg: Config, path) -> Optional[str]:
+    """Refuse a run whose config asks for other conventions than the ``--init-detector`` file was trained under.
+
+    Args:
+        requested: ``model.conventions`` of the config and overrides without the file's architecture keys.
+        cfg: the resolved config (the file's conventions applied).
+    Returns a warning line when a detectron2-convention file is trained without detectron2's losses and solver.
+    """
+    theirs = cfg.model.conventions
+    if requested != "torchvision" and requested != theirs:
+        raise ConfigError(f"--init-detector {path} is a model.conventions={theirs} detector, but the config asks for "
+                          f"model.conventions={requested}: its anchors and proposals would mean something else. "
+                          f"Train it under {theirs} conventions (detectron2: --config "
+                          f"configs/detection/detectron2_c4.yaml)")
+    r, h = cfg.model.rpn, cfg.model.roi_heads
+    if theirs == "detectron2" and (r.loss_normalizer, r.smooth_l1_beta, h.smooth_l1_beta) != ("batch_size", 0.0, 0.0):
+        return (f"--init-detector {path} is a detectron2-convention detector, trained here with the losses of this "
+                f"config (RPN normaliser {r.loss_normalizer}, smooth-L1 beta {r.smooth_l1_beta:g} / "
+                f"{h.smooth_l1_beta:g}), not detectron2's; --config configs/detection/detectron2_c4.yaml trains it as "
+                f"detectron2 does")
+    return None
 
 
 def detector_for_finetuning(cfg, categories: List[dict]) -> Tuple[FasterRCNNC4, str]:

@@ -25,6 +25,7 @@ from backbones.fuse_onednn import fuse_for_onednn, onednn_available
 from backbones.utils.precision import bf16_supported  # noqa: F401  (part of this module's interface)
 
 from .detector import FasterRCNNC4
+from .detectron2_semantics import Detectron2RPN
 from .roi_align_cpu import SeparableRoIAlign
 
 
@@ -173,9 +174,41 @@ def _filter_proposals_one_level(rpn, proposals: torch.Tensor, objectness: torch.
     return final_boxes, final_scores
 
 
+def _filter_proposals_one_level_detectron2(rpn, proposals: torch.Tensor, objectness: torch.Tensor,
+                                           image_shapes: List[Tuple[int, int]], num_anchors_per_level: List[int]):
+    """``Detectron2RPN.filter_proposals`` (detectron2's ``find_top_rpn_proposals``) for a single feature level, with
+    one host sync less per image: the finite and non-empty filters are one mask.
+
+    Ranked and suppressed on logits, as detectron2: a trained RPN's logits exceed the range where float32 sigmoid
+    saturates to 1.0, so ranking by sigmoid (torchvision's filter) would tie where detectron2 does not. Clipping first
+    and masking non-finite boxes after keeps exactly the boxes detectron2 keeps (clipping leaves finite boxes finite).
+    """
+    num_images = proposals.shape[0]
+    logits = objectness.detach().reshape(num_images, -1)
+    scores_all, idx = logits.topk(min(logits.shape[1], rpn.pre_nms_top_n()), dim=1)
+    batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
+    proposals = proposals[batch_idx, idx]
+    final_boxes, final_scores = [], []
+    for boxes, scores, image_shape in zip(proposals, scores_all, image_shapes):
+        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+        if rpn.training and not bool(finite.all()):
+            raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+        boxes = clip_boxes_to_image(boxes, image_shape)
+        keep = torch.where(finite & ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0))[0]
+        boxes, scores = boxes[keep], scores[keep]
+        levels = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        keep = batched_nms(boxes.float(), scores, levels, rpn.nms_thresh)[: rpn.post_nms_top_n()]
+        final_boxes.append(boxes[keep])
+        final_scores.append(scores[keep])
+    return final_boxes, final_scores
+
+
 def reduce_proposal_syncs(model: FasterRCNNC4) -> FasterRCNNC4:
-    """Use ``_filter_proposals_one_level`` in the RPN (C4 detectors have one level). In place; exact."""
-    model.rpn.filter_proposals = types.MethodType(_filter_proposals_one_level, model.rpn)
+    """The one-level proposal filter of the model's conventions in the RPN (C4 detectors have one level): torchvision's
+    ``_filter_proposals_one_level``, detectron2's ``_filter_proposals_one_level_detectron2``. In place; exact."""
+    one_level = (_filter_proposals_one_level_detectron2 if isinstance(model.rpn, Detectron2RPN)
+                 else _filter_proposals_one_level)
+    model.rpn.filter_proposals = types.MethodType(one_level, model.rpn)
     return model
 
 

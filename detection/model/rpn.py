@@ -1,9 +1,12 @@
-"""RPN that can ignore cross-boundary anchors in training (Faster R-CNN §3.3), which torchvision's RPN does not do."""
+"""RPN that can ignore cross-boundary anchors in training (Faster R-CNN §3.3), which torchvision's RPN does not do,
+and whose losses follow the config's loss keys (``losses.rpn_losses``)."""
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from .losses import rpn_losses
 
 
 class BoundaryAwareRPN(RegionProposalNetwork):
@@ -16,10 +19,13 @@ class BoundaryAwareRPN(RegionProposalNetwork):
     RPN loss stays defined. Proposals are still generated from all anchors and clipped, as at test time.
     """
 
-    def __init__(self, *args, ignore_cross_boundary: bool = False, boundary_tolerance: float = 0.0, **kwargs):
+    def __init__(self, *args, ignore_cross_boundary: bool = False, boundary_tolerance: float = 0.0,
+                 smooth_l1_beta: float = 1.0 / 9, loss_normalizer: str = "sampled", **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_cross_boundary = ignore_cross_boundary
         self.boundary_tolerance = float(boundary_tolerance)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.loss_normalizer = loss_normalizer
         self._image_sizes: Optional[List[Tuple[int, int]]] = None
 
     def forward(self, images: ImageList, features: Dict[str, torch.Tensor],
@@ -53,3 +59,9 @@ class BoundaryAwareRPN(RegionProposalNetwork):
             labels.append(lab)
             matched.append(gt)
         return labels, matched
+
+    def compute_loss(self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: List[torch.Tensor],
+                     regression_targets: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        return rpn_losses(objectness, pred_bbox_deltas, labels, regression_targets, sampled_pos, sampled_neg,
+                          self.smooth_l1_beta, self.loss_normalizer, self.fg_bg_sampler.batch_size_per_image)
