@@ -132,7 +132,9 @@ DEFAULTS = {
     "test": {"eval_period": 0, "ims_per_batch": 2, "max_images": 0,
              "num_samples": 8,  # images saved with their detections in eval/samples.json (report sample grid)
              "optimize": True,  # inference on the optimised detector (detection/model/inference.py); --no-optimize
-             "precision": "fp32"},  # fp32 | bf16 (where the device has native bf16); --precision
+             "precision": "fp32",  # fp32 | bf16 (where the device has native bf16); --precision
+             # the paper's box refinement + box voting (App. B; detection/model/box_refinement.py); off = baseline
+             "box_refinement": False},
 }
 
 

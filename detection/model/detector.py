@@ -33,7 +33,7 @@ class FasterRCNNC4(GeneralizedRCNN):
     """
 
     def __init__(self, c4: C4Backbone, num_classes: int, model_cfg, min_size: int = 600, max_size: int = 1000,
-                 size_divisible: int = 32, weights_meta: Optional[WeightsMeta] = None):
+                 size_divisible: int = 32, weights_meta: Optional[WeightsMeta] = None, box_refinement: bool = False):
         meta = weights_meta or c4.weights_meta
         r, h = model_cfg.rpn, model_cfg.roi_heads
         trunk = c4.trunk
@@ -64,6 +64,7 @@ class FasterRCNNC4(GeneralizedRCNN):
             h.fg_iou_thresh, h.bg_iou_thresh, h.batch_size_per_image, h.positive_fraction,
             tuple(float(w) for w in h.bbox_reg_weights),
             h.score_thresh, h.nms_thresh, h.detections_per_img, smooth_l1_beta=h.smooth_l1_beta,
+            box_refinement=box_refinement,
         )
         transform = (Detectron2Transform if d2 else PixelConventionTransform)(meta, [min_size], max_size, size_divisible, resize_in_training=False)
         super().__init__(trunk, rpn, roi_heads, transform)
@@ -109,4 +110,5 @@ def build_detector(cfg, num_classes: int, weights: Optional[str] = "config",
         raise ConfigError(f"config key 'model.width_mult' = {err.explicit} does not match weights {source!r}, which "
                           f"are {m.backbone} at width_mult {err.derived}: set model.width_mult={err.derived}") from None
     i = cfg.input
-    return FasterRCNNC4(c4, num_classes, m, i.min_size_test, i.max_size_test, i.size_divisible, weights_meta)
+    return FasterRCNNC4(c4, num_classes, m, i.min_size_test, i.max_size_test, i.size_divisible, weights_meta,
+                        box_refinement=cfg.test.box_refinement)
