@@ -76,6 +76,9 @@ DEFAULTS = {
             # Fast R-CNN box loss: py-faster-rcnn's smooth L1 sigma = 1 (beta = 1); torchvision 1/9, detectron2 0 (L1)
             "box_loss_type": "smooth_l1",
             "smooth_l1_beta": 1.0,
+            # the paper's global context (App. B): the whole-image box through the same head, concatenated with each
+            # region's feature before the class and box layers (detection/model/roi_heads.py)
+            "global_context": False,
         },
     },
     "input": {
@@ -134,7 +137,15 @@ DEFAULTS = {
              "optimize": True,  # inference on the optimised detector (detection/model/inference.py); --no-optimize
              "precision": "fp32",  # fp32 | bf16 (where the device has native bf16); --precision
              # the paper's box refinement + box voting (App. B; detection/model/box_refinement.py); off = baseline
-             "box_refinement": False},
+             "box_refinement": False,
+             # the paper's multi-scale testing (App. B; detection/model/multiscale.py): "maxout" pools each RoI from the
+             # two adjacent pyramid scales closest to its size (shorter sides test.scales; the RPN stays at
+             # input.min_size_test) and takes the elementwise max; "none" = single scale
+             "multiscale": "none",
+             "scales": [200, 400, 600, 800, 1000],
+             # detectron2-style flip test-time augmentation (not the paper's method): detections of the image and its
+             # mirror image merged by per-class NMS
+             "flip": False},
 }
 
 
@@ -221,6 +232,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
            f"a positive multiple of the world size ({world_size}); it is the global batch")
     _check(t.ims_per_batch >= 1, "test.ims_per_batch", t.ims_per_batch, ">= 1")
     _check(t.precision in ("fp32", "bf16"), "test.precision", t.precision, "'fp32' or 'bf16'")
+    _check(t.multiscale in ("none", "maxout"), "test.multiscale", t.multiscale, "'none' or 'maxout'")
+    _check(len(t.scales) > 0 and all(isinstance(v, (int, float)) and v > 0 for v in t.scales)
+           and all(a < b for a, b in zip(t.scales, t.scales[1:])), "test.scales", t.scales,
+           "a non-empty list of increasing positive shorter sides (the paper's [200, 400, 600, 800, 1000])")
     _check(t.eval_period >= 0 and t.max_images >= 0 and t.num_samples >= 0, "test.eval_period", t.eval_period,
            ">= 0 (and test.max_images, test.num_samples >= 0)")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")

@@ -31,6 +31,11 @@ RUN_DEFAULTS = {
     "weights": None,
     "pretrain": {"dataset": "", "config": "", "overrides": []},
     "detection": {"dataset": "digits", "config": "", "overrides": []},
+    # An arm that trains nothing: the detectors of arm `arm` (same seeds), evaluated by tools/eval_det.py with
+    # these overrides (test-time options such as test.box_refinement=true)
+    "evaluate": {"arm": "", "overrides": []},
+    # The paper's row this arm stands for, shown beside it in the report (e.g. Table 9's "+ box refinement")
+    "paper": {"row": "", "AP50": 0.0, "AP": 0.0},
 }
 COMPARISON_DEFAULTS = {"arm": "", "baseline": "", "claim": ""}
 STUDY_DEFAULTS = {
@@ -48,7 +53,7 @@ STUDY_DEFAULTS = {
 
 @dataclass
 class Step:
-    kind: str  # "pretrain", "detect" or "report"
+    kind: str  # "pretrain", "detect", "evaluate" or "report"
     run: str
     output_dir: Path
     argv: List[str]
@@ -67,6 +72,12 @@ def load_study(path: str, overrides=()) -> dict:
     runs, names = [], set()
     for index, raw in enumerate(study.runs):
         run = config_from_dict(RUN_DEFAULTS, raw, f"{path} runs[{index}]")
+        if run.evaluate.arm:
+            source = next((r for r in runs if r.name == run.evaluate.arm), None)
+            if source is None or source.evaluate.arm:
+                raise ConfigError(f"study {path}: runs[{index}].evaluate.arm = {run.evaluate.arm!r} names no training "
+                                  f"run listed before it (runs so far: {[r.name for r in runs]})")
+            run.backbone = run.backbone or source.backbone
         if not run.name or not run.backbone:
             raise ConfigError(f"study {path}: runs[{index}] needs 'name' and 'backbone'")
         if run.name in names:
@@ -91,9 +102,9 @@ def load_study(path: str, overrides=()) -> dict:
     return study
 
 
-def _state(output_dir: Path):
+def _state(output_dir: Path, marker: str = "final.json"):
     """(done, resumable) for one step's output folder."""
-    done = (output_dir / "final.json").is_file()
+    done = (output_dir / marker).is_file()
     started = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").glob("model_*.pth"))
     return done, started and not done
 
@@ -117,6 +128,14 @@ def plan(study) -> List[Step]:
     for index, seed in enumerate(seeds):
         for run in study.runs:
             out = folders[run.name][index]
+            label = run.name if seed is None else f"{run.name} seed {seed}"
+            if run.evaluate.arm:
+                source = folders[run.evaluate.arm][index]
+                argv = [str(TOOLS / "eval_det.py"), "--weights", str(source / "model_final.pth"), "-o", str(out),
+                        "--no-report", *run.evaluate.overrides]
+                steps.append(Step("evaluate", label, out, argv, _state(out, "eval/metrics.json")[0],
+                                  depends_on=[str(source)]))
+                continue
             weights: Optional[str] = run.weights
             depends = []
             if run.pretrain.dataset:
@@ -142,7 +161,6 @@ def plan(study) -> List[Step]:
             if run.detection.config:
                 argv += ["--config", run.detection.config]
             argv += list(study.overrides) + list(run.detection.overrides) + ([] if seed is None else [f"seed={seed}"])
-            label = run.name if seed is None else f"{run.name} seed {seed}"
             steps.append(Step("detect", label, out, argv, *_state(out), depends_on=depends))
     report_dir = root / "report"
     argv = [str(TOOLS / "report.py"), "--study", str(root / MANIFEST), "-o", str(report_dir)]
@@ -156,11 +174,17 @@ def manifest(study) -> dict:
         "name": study.name,
         "description": study.description,
         "seeds": list(study.seeds),
-        "arms": [{"name": r.name, "backbone": r.backbone,
-                  "init": ("pretrained on " + r.pretrain.dataset) if r.pretrain.dataset else (r.weights or "scratch"),
-                  "runs": [str(p) for p in folders[r.name]]} for r in study.runs],
+        "arms": [{"name": r.name, "backbone": r.backbone, "init": _init_text(r),
+                  "runs": [str(p) for p in folders[r.name]],
+                  **({"paper": dict(r.paper)} if r.paper.row else {})} for r in study.runs],
         "comparisons": [dict(c) for c in study.comparisons],
     }
+
+
+def _init_text(run) -> str:
+    if run.evaluate.arm:
+        return f"{run.evaluate.arm}'s detectors, " + " ".join(run.evaluate.overrides)
+    return ("pretrained on " + run.pretrain.dataset) if run.pretrain.dataset else (run.weights or "scratch")
 
 
 def step_env(study) -> dict:

@@ -181,19 +181,72 @@ def _tool(name):
     return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_table7"])
+@pytest.mark.parametrize("name", ["digits", "digits_table7", "digits_table9"])
 def test_shipped_studies_validate(name):
-    """`make demo` / `make table7`: two or more seeds per arm, comparisons, and every step's config is valid."""
+    """`make demo` / `make table7` / `make table9`: two or more seeds per arm, comparisons, and every step's config
+    is valid."""
     from backbones.pretrain import validate as validate_pretrain
+    from detection.config import load_det_config
     study = load_study(str(REPO / "configs" / "study" / f"{name}.yaml"))
     assert len(study.seeds) >= 2 and study.comparisons
     tools = {"pretrain": _tool("pretrain"), "detect": _tool("train_det")}
     steps = plan(study)
-    assert sum(s.kind == "detect" for s in steps) == len(study.runs) * len(study.seeds)
+    trained = [r for r in study.runs if not r.evaluate.arm]
+    assert sum(s.kind == "detect" for s in steps) == len(trained) * len(study.seeds)
+    assert sum(s.kind == "evaluate" for s in steps) == (len(study.runs) - len(trained)) * len(study.seeds)
     for step in steps[:-1]:
+        if step.kind == "evaluate":  # test-time overrides on top of the stored detector's config
+            load_det_config(None, step.argv[step.argv.index("--no-report") + 1:])
+            continue
         tool = tools[step.kind]
         cfg, _ = tool["setup"](tool["get_args_parser"]().parse_args(step.argv[1:]))  # raises ConfigError if invalid
         if step.kind == "pretrain":
             validate_pretrain(cfg)
         else:
             assert cfg.seed in study.seeds and cfg.model.backbone in {r.backbone for r in study.runs}
+
+
+def test_evaluate_arms_reuse_trained_detectors_and_carry_paper_rows(tmp_path):
+    from detection.study import manifest
+
+    text = """
+name: t
+output_dir: {out}
+seeds: [0, 1]
+runs:
+  - {{name: base, backbone: resnet20, detection: {{dataset: digits}}, paper: {{row: "baseline", AP50: 48.4, AP: 27.2}}}}
+  - name: refined
+    evaluate: {{arm: base, overrides: [test.box_refinement=true]}}
+    paper: {{row: "+ box refinement", AP50: 49.9, AP: 29.9}}
+comparisons: [{{arm: refined, baseline: base}}]
+"""
+    study = load_study(_write(tmp_path, text.format(out=tmp_path / "runs")))
+    steps = plan(study)
+    evals = [s for s in steps if s.kind == "evaluate"]
+    assert [s.depends_on for s in evals] == [[str(tmp_path / "runs" / "base" / f"seed{i}")] for i in (0, 1)]
+    assert evals[0].argv[1:] == ["--weights", str(tmp_path / "runs/base/seed0/model_final.pth"), "-o",
+                                 str(tmp_path / "runs/refined/seed0"), "--no-report", "test.box_refinement=true"]
+    arms = manifest(study)["arms"]
+    assert arms[1]["backbone"] == "resnet20" and arms[1]["paper"]["AP50"] == 49.9
+    assert arms[1]["init"] == "base's detectors, test.box_refinement=true"
+    (tmp_path / "runs/refined/seed0/eval").mkdir(parents=True)
+    (tmp_path / "runs/refined/seed0/eval/metrics.json").write_text("{}")
+    assert [s.done for s in plan(study) if s.kind == "evaluate"] == [True, False]
+    with pytest.raises(ConfigError, match=r"runs\[0\].evaluate.arm = 'later' names no training run listed before"):
+        load_study(_write(tmp_path, "runs:\n  - {name: a, evaluate: {arm: later}}\n  - {name: later, backbone: resnet20}\n"))
+
+
+def test_report_puts_paper_rows_beside_the_arms(tmp_path):
+    from detection.reports.study_report import paper_row_blocks, load_arms
+
+    runs = []
+    for name, ap50 in (("base", 40.0), ("refined", 44.0)):
+        run = tmp_path / name
+        (run / "eval").mkdir(parents=True)
+        (run / "eval" / "metrics.json").write_text(json.dumps({"bbox": {"AP50": ap50, "AP": ap50 / 2}}))
+        runs.append(str(run))
+    manifest = {"arms": [{"name": "base", "backbone": "resnet101", "runs": [runs[0]]},
+                         {"name": "refined", "backbone": "resnet101", "runs": [runs[1]],
+                          "paper": {"row": "+ box refinement", "AP50": 49.9, "AP": 29.9}}]}
+    (table, *_), = [paper_row_blocks(load_arms(manifest))[1:]]
+    assert table.rows == [["+ box refinement", "49.9", "29.9", "refined", "44.0 ± 0.0", "22.0 ± 0.0"]]

@@ -220,6 +220,9 @@ def export_detectron2_detector(src, dst, arch: str) -> Tuple[Path, Path, dict]:
     depth = arch_depth(arch)
     if cfg.model.roi_heads.pooler != "align":
         raise DetectorFormatError(f"{src}: RoIPool detectors have no detectron2 C4 equivalent here (use RoIAlign)")
+    if cfg.model.roi_heads.global_context:
+        raise DetectorFormatError(f"{src}: global context (model.roi_heads.global_context) has no detectron2 C4 "
+                                  f"equivalent")
     state = {k: v.detach().cpu() for k, v in file["model"].items()}
     rpn_order = cfg.model.conventions
     if rpn_order == "torchvision":

@@ -6,6 +6,8 @@ names are the same and re-initialised otherwise. Frozen stages follow the run's 
 """
 from typing import List, Optional, Tuple
 
+import torch
+
 from backbones.utils.config import Config, ConfigError
 from backbones.weights.meta import WeightsMeta
 
@@ -62,8 +64,15 @@ def detector_for_finetuning(cfg, categories: List[dict]) -> Tuple[FasterRCNNC4, 
     model = build_detector(cfg, len(categories), weights=None, weights_meta=meta)
     source = {k: v for k, v in state["model"].items() if not k.endswith("num_batches_tracked")}
     same_classes = [c["name"] for c in state["categories"]] == [c["name"] for c in categories]
+    context_note = ""
     if not same_classes:
         source = {k: v for k, v in source.items() if not k.startswith(PREDICTOR)}
+    elif cfg.model.roi_heads.global_context and not state["config"]["model"]["roi_heads"].get("global_context"):
+        # The context half of the class and box layers starts at zero: the same predictions as the file's at first.
+        for name in ("cls_score.weight", "bbox_pred.weight"):
+            w = source[PREDICTOR + name]
+            source[PREDICTOR + name] = torch.cat([w, torch.zeros_like(w)], dim=1)
+        context_note = "; global context added (model.roi_heads.global_context): its new predictor weights start at 0"
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(k for k in expected if k not in source and (same_classes or not k.startswith(PREDICTOR)))
     unexpected = sorted(set(source) - set(expected))
@@ -77,4 +86,4 @@ def detector_for_finetuning(cfg, categories: List[dict]) -> Tuple[FasterRCNNC4, 
     predictor = "kept" if same_classes else (f"re-initialised ({len(state['categories'])} -> {len(categories)} "
                                              f"classes or other names)")
     return model, (f"initialised from detector {path}: trunk, RPN and res5 head loaded ({len(source)} tensors); "
-                   f"class predictor {predictor}")
+                   f"class predictor {predictor}{context_note}")

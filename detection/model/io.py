@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from backbones.utils.checkpoint import load_checkpoint, save_checkpoint
+from backbones.utils.config import ConfigError
 from backbones.weights.meta import WeightsMeta
 
 from ..config import as_override, load_det_config
@@ -56,6 +57,17 @@ def read_detector_file(path, map_location="cpu") -> dict:
     return state
 
 
+def check_global_context(cfg, state: dict, path) -> None:
+    """``model.roi_heads.global_context`` is part of the trained weights: it cannot be switched on at evaluation."""
+    trained = bool(state["config"].get("model", {}).get("roi_heads", {}).get("global_context", False))
+    asked = cfg.model.roi_heads.global_context
+    if asked != trained:
+        raise ConfigError(f"config key 'model.roi_heads.global_context' = {asked} but {path} was trained "
+                          f"{'with' if trained else 'without'} global context, so it has "
+                          f"{'' if trained else 'no '}context weights; train (or fine-tune with --init-detector) "
+                          f"with the key set to evaluate it that way")
+
+
 def load_detector(path, overrides=(), map_location="cpu") -> Tuple[FasterRCNNC4, Any, List[dict]]:
     """(model in eval mode, its config, categories) from ``model_final.pth`` or a training checkpoint.
 
@@ -63,6 +75,7 @@ def load_detector(path, overrides=(), map_location="cpu") -> Tuple[FasterRCNNC4,
     """
     state = read_detector_file(path, map_location)
     cfg = config_from_dict(state["config"], overrides)
+    check_global_context(cfg, state, path)
     categories = list(state["categories"])
     model = build_detector(cfg, len(categories), weights=None, weights_meta=WeightsMeta.from_dict(state["weights_meta"]))
     model.load_state_dict(state["model"])
