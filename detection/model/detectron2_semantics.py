@@ -13,12 +13,17 @@ so that a converted detectron2 detector computes what its ``DefaultPredictor`` c
 - test resize (``ResizeShortestEdge.get_output_shape``): size rounded with ``int(x + 0.5)`` (torchvision floors);
 - arithmetic: frozen BN as ``F.batch_norm`` and box predictor products with detectron2's matrices, so the rounding
   is detectron2's too.
+
+Under tracing (ONNX / TorchScript export, detection/deploy/) sizes stay tensors and the "drop non-finite rows" masks
+are always applied, so the traced graph works for any image size (same results: the masks keep every finite row).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
@@ -27,7 +32,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .rpn import BoundaryAwareRPN
-from .transform import PixelConventionTransform
+from .transform import PixelConventionTransform, interpolate_to, traced_div, traced_hw, traced_max, traced_min
 
 CONVENTIONS = ("torchvision", "detectron2")
 
@@ -53,6 +58,22 @@ def detectron2_resized_shape(h: int, w: int, short_edge: int, max_size: int) -> 
         scale = max_size * 1.0 / max(newh, neww)
         newh, neww = newh * scale, neww * scale
     return int(newh + 0.5), int(neww + 0.5)
+
+
+def _traced_resized_shape(image: torch.Tensor, short_edge: int, max_size: int):
+    """``detectron2_resized_shape`` as graph ops (float64, as Python's floats), for a traced dynamic image size."""
+    h, w = traced_hw(image)
+    scale = traced_div(short_edge, traced_min(h, w))
+    size = torch.full_like(h, float(short_edge))
+    newh, neww = torch.where(h < w, size, scale * h), torch.where(h < w, scale * w, size)
+    longer = traced_max(newh, neww)
+    shrink = torch.where(longer > max_size, traced_div(max_size, longer), torch.ones_like(longer))
+    return torch.floor(newh * shrink + 0.5), torch.floor(neww * shrink + 0.5)
+
+
+def _finite_rows(valid: torch.Tensor) -> bool:
+    """Whether to index by ``valid``: only when some row is not finite, and always in a traced graph."""
+    return torchvision._is_tracing() or not bool(valid.all())
 
 
 class Detectron2FrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -108,19 +129,19 @@ class Detectron2RPN(BoundaryAwareRPN):
         top_scores, top_boxes, levels, start = [], [], [], 0
         for level, n in enumerate(num_anchors_per_level):
             logits_i = logits[:, start:start + n]
-            k = min(n, self.pre_nms_top_n())
+            k = det_utils._topk_min(logits_i, self.pre_nms_top_n(), 1)  # a graph op when traced
             scores_i, idx = logits_i.topk(k, dim=1)
             top_scores.append(scores_i)
             top_boxes.append(proposals[:, start:start + n][batch_idx, idx])
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=proposals.device))
+            levels.append(torch.full_like(idx[0], level))
             start += n
         top_scores, top_boxes, levels = torch.cat(top_scores, 1), torch.cat(top_boxes, 1), torch.cat(levels)
         final_boxes, final_scores = [], []
         for boxes, scores, image_shape in zip(top_boxes, top_scores, image_shapes):
             lvl = levels
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-            if not bool(valid.all()):
-                if self.training:
+            if _finite_rows(valid):
+                if self.training and not bool(valid.all()):
                     raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
                 boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
             boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
@@ -153,7 +174,7 @@ class Detectron2RoIHeads(RoIHeads):
     """``RoIHeads`` whose test-time output is ``fast_rcnn_inference_single_image`` (background is label 0 here)."""
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        per_image = [len(p) for p in proposals]
+        per_image = [p.shape[0] for p in proposals]
         # decoded and scored in detectron2's layout (foreground classes only, background last)
         pred_boxes = self.box_coder.decode(box_regression[:, 4:].contiguous(), proposals).split(per_image, 0)
         logits = torch.cat([class_logits[:, 1:], class_logits[:, :1]], dim=1)
@@ -162,7 +183,7 @@ class Detectron2RoIHeads(RoIHeads):
         for boxes, scores, image_shape in zip(pred_boxes, pred_scores, image_shapes):
             boxes = boxes.reshape(boxes.shape[0], -1)
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-            if not bool(valid.all()):
+            if _finite_rows(valid):
                 boxes, scores = boxes[valid], scores[valid]
             scores = scores[:, :-1]
             boxes = box_ops.clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(-1, scores.shape[1], 4)
@@ -182,6 +203,8 @@ class Detectron2Transform(PixelConventionTransform):
     def resize(self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None):
         if self.training:
             return super().resize(image, target)
+        if torchvision._is_tracing():
+            return interpolate_to(image, *_traced_resized_shape(image, self.min_size[-1], self.max_size)), target
         h, w = image.shape[-2:]
         size = detectron2_resized_shape(h, w, self.min_size[-1], self.max_size)
         if size != (h, w):
