@@ -44,6 +44,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv=None):
+    return get_args_parser().parse_intermixed_args(argv)  # key=value may follow the options
+
+
 def main(args) -> int:
     try:
         set_threads(args.threads)
@@ -66,4 +70,4 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main(parse_args()))
