@@ -79,6 +79,7 @@ def load_net(args, weights, overrides, device):
         model, cfg, categories = load_detector(weights, [*overrides, *inference_overrides(args.no_optimize,
                                                                                            args.precision)])
         return build_inference_model(model, cfg, device, retain_memory=True), categories
+    from detection.deploy.parity import summary_line
     from detection.deploy.runtime import load_exported
 
     used = [flag for flag, on in (("--no-optimize", args.no_optimize), ("--precision", args.precision),
@@ -87,6 +88,9 @@ def load_net(args, weights, overrides, device):
         raise ValueError(f"{', '.join(used)}: not for --runtime {args.runtime}; the exported file's inference "
                          f"settings were fixed by tools/export.py (export again with them)")
     net, meta = load_exported(weights, args.runtime, device, threads=args.threads)
+    check = meta.get("parity")
+    print(f"[resdet] {weights}: {meta['backbone']} exported from {meta['source']}; "
+          + (summary_line(check) if isinstance(check, dict) else f"parity {check}"), file=sys.stderr)
     return net, meta["categories"]
 
 
