@@ -6,8 +6,6 @@ does) and a box predictor scaled up so that it scores a few classes apart and mo
 """
 import functools
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,20 +26,19 @@ from detection.model import build_detector  # noqa: E402
 from detection.model.inference import build_inference_model  # noqa: E402
 from detection.model.io import load_detector, save_detector  # noqa: E402
 
-from fault_helpers import one_thread  # noqa: F401,E402
+from fault_helpers import one_thread, tool_module  # noqa: F401,E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import export as export_tool  # noqa: E402
-import infer  # noqa: E402
+export_tool = tool_module("export.py")
+infer = tool_module("infer.py")
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
 SMALL = ["input.min_size_test=96", "input.max_size_test=128", "model.rpn.pre_nms_top_n_test=200",
          "model.rpn.post_nms_top_n_test=24", "model.anchor_sizes=[16,32,64]"]
 DETECTORS = {"resnet18": ["model.backbone=resnet18", "model.width_mult=0.25"],
              "vgg16_roipool": ["model.backbone=vgg16", "model.width_mult=0.25", "model.roi_heads.pooler=pool"],
-             "resnet18_detectron2": ["model.backbone=resnet18", "model.width_mult=0.25", "model.conventions=detectron2"]}
+             "resnet18_detectron2": ["model.backbone=resnet18", "model.width_mult=0.25",
+                                     "model.conventions=detectron2"]}
 RUNNERS = {"onnx": OnnxRuntimeDetector, "torchscript": TorchScriptDetector}
 
 
@@ -147,8 +144,9 @@ def test_cli_export_and_infer_with_onnxruntime(exported_onnx, tmp_path, capsys):
     assert "100.0% of" in capsys.readouterr().out
     results = {}
     for runtime, model_args in (("onnxruntime", [str(out)]), ("torch", ["--weights", str(weights), "--no-optimize"])):
-        args = infer.get_args_parser().parse_args(["--runtime", runtime, *model_args, "--image", str(tmp_path / "a.png"),
-                                                   "-o", str(tmp_path / runtime), "--score-thresh", "0.05"])
+        args = infer.get_args_parser().parse_args(["--runtime", runtime, *model_args, "--image",
+                                                   str(tmp_path / "a.png"), "-o", str(tmp_path / runtime),
+                                                   "--score-thresh", "0.05"])
         assert infer.main(args) == 0
         results[runtime] = json.loads((tmp_path / runtime / "detections.json").read_text())[0]["detections"]
     assert len(results["onnxruntime"]) == len(results["torch"]) > 0
@@ -159,8 +157,9 @@ def test_cli_export_and_infer_with_onnxruntime(exported_onnx, tmp_path, capsys):
 def test_infer_refuses_inputs_off_the_contract(exported_onnx, tmp_path, capsys):
     _, onnx_file = exported_onnx
     good = images()[0].numpy()
-    for name, array in (("hwc", np.ascontiguousarray(good.transpose(1, 2, 0))), ("uint8", (good * 255).astype(np.uint8)),
-                        ("float64", good.astype(np.float64)), ("0-255", good * 255)):
+    for name, array in (("hwc", np.ascontiguousarray(good.transpose(1, 2, 0))),
+                        ("uint8", (good * 255).astype(np.uint8)), ("float64", good.astype(np.float64)),
+                        ("0-255", good * 255)):
         np.save(tmp_path / f"{name}.npy", array)
         args = infer.get_args_parser().parse_args(["--runtime", "onnxruntime", str(onnx_file), "--image",
                                                    str(tmp_path / f"{name}.npy"), "-o", str(tmp_path / "out")])
@@ -174,7 +173,8 @@ def test_infer_refuses_inputs_off_the_contract(exported_onnx, tmp_path, capsys):
     with pytest.raises(ValueError, match="channels last"):
         check_image(torch.rand(20, 30, 3))
     args = infer.get_args_parser().parse_args(["--runtime", "onnxruntime", str(onnx_file),
-                                               "model.roi_heads.score_thresh=0.2", "--image", str(tmp_path / "good.npy")])
+                                               "model.roi_heads.score_thresh=0.2", "--image",
+                                               str(tmp_path / "good.npy")])
     assert infer.main(args) == 1 and "fixed by tools/export.py" in capsys.readouterr().err
 
 
@@ -186,7 +186,8 @@ def test_bad_inputs_one_clear_error_each(exported_onnx, tmp_path, capsys):
                                tmp_path / "pretrain.pth")
     cases = [
         ([str(classifier), "--format", "onnx", "-o", str(tmp_path / "a.onnx")], "a bare state dict"),
-        ([str(pretrain), "--format", "onnx", "-o", str(tmp_path / "a.onnx")], "classification (pretraining) checkpoint"),
+        ([str(pretrain), "--format", "onnx", "-o", str(tmp_path / "a.onnx")],
+         "classification (pretraining) checkpoint"),
         ([str(weights), "--format", "onnx", "-o", str(tmp_path / "a.onnx"), "test.precision=bf16"],
          "test.precision=bf16 is not exportable"),
         ([str(weights), "--format", "onnx", "-o", str(tmp_path / "a.onnx"), "--opset", "11"],
@@ -201,3 +202,21 @@ def test_bad_inputs_one_clear_error_each(exported_onnx, tmp_path, capsys):
     assert not list(tmp_path.glob("*.onnx"))
     with pytest.raises(ExportError, match="--format"):
         export_detector(weights, "tflite", tmp_path / "a.tflite")
+    _, onnx_file = exported_onnx
+    (tmp_path / "b.onnx").write_bytes(onnx_file.read_bytes() + b"\0")
+    (tmp_path / "b.onnx.json").write_text(onnx_file.with_name("model.onnx.json").read_text())
+    with pytest.raises(ValueError, match="does not match b.onnx.json"):
+        load_exported(tmp_path / "b.onnx", "onnxruntime")
+
+
+def test_benchmark_deploy_section_runs(exported_onnx):
+    from detection.benchmark.deploy_speed import measure_deploy
+    from detection.benchmark.report import tools_tables
+
+    weights, _ = exported_onnx
+    r = measure_deploy("cpu", 1, str(weights), log=lambda _: None)
+    assert set(r["variants"]) == {"plain (--no-optimize)", "tools default (fp32)", "ONNX Runtime (CPU)",
+                                  "TorchScript (torch.jit.load)"}
+    assert r["variants"]["ONNX Runtime (CPU)"]["parity_matched_fraction"] == 1.0
+    assert all(v["images_per_s"] > 0 for v in r["variants"].values())
+    assert any("(12) Exported detector" in line for line in tools_tables({"deploy": r}))

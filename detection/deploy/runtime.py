@@ -4,6 +4,7 @@
 ``build_inference_model``'s; every image is checked against the input contract first (``contract.check_image``).
 The exported graph takes one image, so a list is run one image at a time.
 """
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -102,8 +103,12 @@ def load_exported(path, runtime: str, device="cpu", threads: Optional[int] = Non
     fmt = meta.get("export_format")
     if fmt != RUNTIMES[runtime]:
         raise ValueError(f"{path} is a {fmt} export; --runtime {runtime} runs {RUNTIMES[runtime]} files")
+    if meta.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+        raise ValueError(f"{path} does not match {sidecar_path(path).name} (sha256): the classes there may not be "
+                         f"this model's; export again")
     if runtime == "onnxruntime":
         if torch.device(device).type != "cpu":
-            raise ValueError(f"--runtime onnxruntime runs on the CPU (the onnxruntime package's provider), not {device}")
+            raise ValueError(f"--runtime onnxruntime runs on the CPU (the onnxruntime package's provider), "
+                             f"not {device}")
         return OnnxRuntimeDetector(path, threads), meta
     return TorchScriptDetector(path, device), meta

@@ -83,7 +83,8 @@ class PixelConventionTransform(GeneralizedRCNNTransform):
             # torchvision's traced resize computes the size in float32 and can land 1 px off the eager one
             # (161 * (128 / 161) -> 128, eagerly 127); this is the eager rule in float64.
             h, w = traced_hw(image)
-            scale = traced_min(traced_div(self.min_size[-1], traced_min(h, w)), traced_div(self.max_size, traced_max(h, w)))
+            scale = traced_min(traced_div(self.min_size[-1], traced_min(h, w)),
+                               traced_div(self.max_size, traced_max(h, w)))
             return interpolate_to(image, torch.floor(h * scale), torch.floor(w * scale)), target
         return super().resize(image, target)
 
