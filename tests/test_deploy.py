@@ -12,21 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("onnxruntime")
+from backbones.utils.checkpoint import save_checkpoint
+from detection.benchmark.detector_speed import calibrate_batchnorm
+from detection.config import load_det_config
+from detection.deploy import graph, parity
+from detection.deploy.contract import check_image
+from detection.deploy.export import export_detector
+from detection.deploy.graph import ExportError
+from detection.deploy.runtime import OnnxRuntimeDetector, TorchScriptDetector, load_exported
+from detection.model import build_detector
+from detection.model.inference import build_inference_model
+from detection.model.io import load_detector, save_detector
 
-from backbones.utils.checkpoint import save_checkpoint  # noqa: E402
-from detection.benchmark.detector_speed import calibrate_batchnorm  # noqa: E402
-from detection.config import load_det_config  # noqa: E402
-from detection.deploy import graph, parity  # noqa: E402
-from detection.deploy.contract import check_image  # noqa: E402
-from detection.deploy.export import export_detector  # noqa: E402
-from detection.deploy.graph import ExportError  # noqa: E402
-from detection.deploy.runtime import OnnxRuntimeDetector, TorchScriptDetector, load_exported  # noqa: E402
-from detection.model import build_detector  # noqa: E402
-from detection.model.inference import build_inference_model  # noqa: E402
-from detection.model.io import load_detector, save_detector  # noqa: E402
-
-from fault_helpers import one_thread, tool_module  # noqa: F401,E402
+from fault_helpers import one_thread, tool_module  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 export_tool = tool_module("export.py")
