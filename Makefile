@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision are pinned in constraints.txt (this machine has them on local disk).
 	$(PIP) install -c constraints.txt torch torchvision
-	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev,deploy]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,7 +14,9 @@ pycocotools with identical stats; optionally (7) the AP of a trained detector pl
 model and detectron2's DefaultPredictor (when ``import detectron2`` works); opt-in, as they start processes: (9)
 "loaded": the digits detector's training s/iteration quiet and beside one busy process, OpenMP defaults vs the
 tools' thread policy; (10) "infer_tool": tools/infer.py images/s on a folder, end to end; (11) "train_tool":
-tools/train_det.py s/iteration on a COCO-format folder. Every comparison runs its variants interleaved (one call each per round) and
+tools/train_det.py s/iteration on a COCO-format folder; (12) "deploy": an exported detector under ONNX Runtime and
+TorchScript beside the optimised path and the plain model, images/s and parity (--deploy-weights MODEL for a
+trained detector; needs resdet[deploy]). Every comparison runs its variants interleaved (one call each per round) and
 reports medians, so ratios hold even on a shared machine; the load average is recorded with each section.
 """
 import argparse
@@ -37,6 +39,7 @@ from backbones.utils.atomic_io import atomic_write_text  # noqa: E402
 from detection.benchmark.accuracy import measure_accuracy  # noqa: E402
 from detection.benchmark.classification_speed import measure_classification  # noqa: E402
 from detection.benchmark.coco_speed import measure_coco_eval  # noqa: E402
+from detection.benchmark.deploy_speed import measure_deploy  # noqa: E402
 from detection.benchmark.detector_speed import TEST_ROIS, measure_inference, measure_training  # noqa: E402
 from detection.benchmark.gemm import gemm_probes, measure_gemm  # noqa: E402
 from detection.benchmark.loader_speed import measure_loading  # noqa: E402
@@ -46,8 +49,8 @@ from detection.benchmark.tools_speed import measure_infer_tool, measure_tool_inf
 from detection.model.optimize import bf16_supported  # noqa: E402
 
 SECTIONS = ("gemm", "inference", "training", "classification", "loading", "coco", "tools", "loaded", "infer_tool",
-            "train_tool")
-DEFAULT_SECTIONS = SECTIONS[:7]  # the others start processes (and "loaded" a busy loop): ask for them
+            "train_tool", "deploy")
+DEFAULT_SECTIONS = SECTIONS[:7]  # the others start processes (and "loaded" a busy loop) or need extras: ask
 
 FULL = {"repeats": 5, "gemm_sizes": [1024, 2048, 4096], "backbones": ["resnet50", "resnet101", "vgg16"],
         "det_size": [600, 1000], "rois": TEST_ROIS, "train_backbone": "resnet50", "train_images": 2,
@@ -91,6 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a trained detector (model_final.pth): also score it plain, optimised and in bf16 (AP)")
     p.add_argument("--data-root", help="data root for --accuracy-weights (default: the one it was trained with)")
     p.add_argument("--accuracy-images", type=int, default=0, help="score only the first N test images")
+    p.add_argument("--deploy-weights", metavar="MODEL",
+                   help="deploy section: time this trained detector on generated images (default: a random-weight "
+                        "tools-backbone detector at the benchmark size)")
     p.add_argument("--markdown", metavar="OUT", help="also write the tables as Markdown (docs/BENCHMARKS.md)")
     p.add_argument("--from-json", metavar="FILE", help="measure nothing: print the tables of an earlier --json")
     return p
@@ -263,6 +269,10 @@ def run(args) -> dict:
                                                        s["train_tool_images"], s["train_tool_iters"], bf16,
                                                        s["train_overrides"], log=log)
             done("train_tool")
+    if "deploy" in args.sections:
+        results["deploy"] = measure_deploy(device, s["repeats"], args.deploy_weights, s["tools_backbone"],
+                                           tuple(s["det_size"]), s["rois"], log=log)
+        done("deploy")
     if args.accuracy_weights:
         results["accuracy"] = measure_accuracy(args.accuracy_weights, device, args.data_root, args.accuracy_images,
                                                log=log)

@@ -4,11 +4,15 @@
     tools/infer.py --weights runs/detection/digits_resnet20/model_final.pth --image a.jpg b.png -o out/
     tools/infer.py --weights model_final.pth --image photos/ --score-thresh 0.7
     tools/infer.py --weights model_final.pth --image photos/ --precision bf16      # bf16 where the CPU/GPU has it
+    tools/infer.py --runtime onnxruntime model.onnx --image photos/ -o out/         # a tools/export.py file
 
-Folders given to --image are searched (not recursively) for .jpg/.jpeg/.png/.bmp/.webp files. Images larger than
---max-pixels are refused (decompression bombs). Writes OUT/<name>.json and OUT/<name>.png, plus OUT/detections.json
-with every image. Runs the optimised detector (detection/model/inference.py; --no-optimize for the plain model),
---batch-size images per forward pass.
+Folders given to --image are searched (not recursively) for .jpg/.jpeg/.png/.bmp/.webp files; a .npy file is taken
+as the model input itself, which must be a float32 [3, H, W] RGB array in [0, 1] (docs/DEPLOY.md). Images larger
+than --max-pixels are refused (decompression bombs). Writes OUT/<name>.json and OUT/<name>.png, plus
+OUT/detections.json with every image. --runtime torch (default) runs the optimised detector
+(detection/model/inference.py; --no-optimize for the plain model), --batch-size images per forward pass;
+--runtime onnxruntime / torchscript run an exported file (tools/export.py), whose classes come from the JSON beside
+it and whose inference settings were fixed at export.
 """
 import argparse
 import sys
@@ -25,18 +29,23 @@ from backbones.utils.checkpoint import CheckpointError  # noqa: E402
 from backbones.utils.config import ConfigError  # noqa: E402
 from backbones.utils.dist import resolve_device  # noqa: E402
 from detection.data import DataError  # noqa: E402
-from detection.data.image_io import read_image  # noqa: E402
+from detection.data.image_io import IMAGE_SUFFIXES, image_paths, read_image  # noqa: E402
+from detection.deploy.contract import check_image, input_to_pixels, pixels_to_input  # noqa: E402
+from detection.deploy.runtime import RUNTIMES  # noqa: E402
 from detection.engine.visualize import detections_to_list, draw_detections  # noqa: E402
 from detection.model.inference import add_inference_arguments, build_inference_model, inference_overrides  # noqa: E402
 from detection.model.io import load_detector  # noqa: E402
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="trained detector (model_final.pth from tools/train_det.py)")
+    parser.add_argument("--weights", help="trained detector (model_final.pth from tools/train_det.py), or an "
+                                           "exported file with --runtime; may also be given as the first positional")
+    parser.add_argument("--runtime", default="torch", choices=("torch", *RUNTIMES),
+                        help="torch (resdet's own path, default), or onnxruntime / torchscript for a tools/export.py "
+                             "file")
     parser.add_argument("--image", nargs="+", required=True, help="image files or folders")
     parser.add_argument("-o", "--output-dir", default="inference", help="output folder (default: ./inference)")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this")
@@ -47,21 +56,55 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_inference_arguments(parser)
     add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. input.min_size_test=800 model.roi_heads.nms_thresh=0.5")
+                        help="config overrides, e.g. input.min_size_test=800 model.roi_heads.nms_thresh=0.5 "
+                             "(--runtime torch only)")
     return parser
 
 
-def image_paths(items):
-    paths = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(p)
-    if not paths:
-        raise FileNotFoundError(f"no images found in {list(items)}")
-    return paths
+def split_model_argument(args):
+    """(weights, overrides): the model may be --weights or the one positional item without '='."""
+    positional = [item for item in args.overrides if "=" not in item]
+    overrides = [item for item in args.overrides if "=" in item]
+    if len(positional) > 1 or (positional and args.weights):
+        raise ValueError(f"one model please: got {[args.weights, *positional] if args.weights else positional}")
+    weights = args.weights or (positional[0] if positional else None)
+    if weights is None:
+        raise ValueError("no model given: --weights MODEL (or MODEL as the first positional argument)")
+    return weights, overrides
+
+
+def load_net(args, weights, overrides, device):
+    """(net, categories) for --runtime: resdet's own inference model, or an exported file."""
+    if args.runtime == "torch":
+        model, cfg, categories = load_detector(weights, [*overrides, *inference_overrides(args.no_optimize,
+                                                                                           args.precision)])
+        return build_inference_model(model, cfg, device, retain_memory=True), categories
+    from detection.deploy.parity import summary_line
+    from detection.deploy.runtime import load_exported
+
+    used = [flag for flag, on in (("--no-optimize", args.no_optimize), ("--precision", args.precision),
+                                  ("key=value overrides", overrides)) if on]
+    if used:
+        raise ValueError(f"{', '.join(used)}: not for --runtime {args.runtime}; the exported file's inference "
+                         f"settings were fixed by tools/export.py (export again with them)")
+    net, meta = load_exported(weights, args.runtime, device, threads=args.threads)
+    check = meta.get("parity")
+    print(f"[resdet] {weights}: {meta['backbone']} exported from {meta['source']}; "
+          + (summary_line(check) if isinstance(check, dict) else f"parity {check}"), file=sys.stderr)
+    return net, meta["categories"]
+
+
+def read_input(path: Path, max_pixels: int):
+    """(model input, HxWx3 uint8 pixels) of an image file, or of a .npy array already in the input contract."""
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        image = check_image(np.load(path, allow_pickle=False))
+        return image, input_to_pixels(image)
+    pixels = read_image(path, None, max_pixels, [], "raise")  # refuses bombs, corrupt and missing files
+    return pixels_to_input(pixels), pixels
 
 
 def output_names(paths):
@@ -84,18 +127,16 @@ def run(args) -> list:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     set_threads(args.threads)
-    overrides = [*args.overrides, *inference_overrides(args.no_optimize, args.precision)]
-    model, cfg, categories = load_detector(args.weights, overrides)
+    weights, overrides = split_model_argument(args)
     device = resolve_device(args.device)
-    net = build_inference_model(model, cfg, device, retain_memory=True)
+    net, categories = load_net(args, weights, overrides, device)
     out_dir = Path(args.output_dir)
     results = []
-    paths = image_paths(args.image)
+    paths = image_paths(args.image, (*IMAGE_SUFFIXES, ".npy"))
     for batch in batches(list(zip(paths, output_names(paths))), args.batch_size):
-        # read_image refuses bombs, corrupt and missing files
-        pixels = [read_image(path, None, args.max_pixels, [], "raise") for path, _ in batch]
-        images = [torch.from_numpy(p.copy()).permute(2, 0, 1).float().div_(255.0).to(device) for p in pixels]
-        outputs = net(images)
+        inputs = [read_input(path, args.max_pixels) for path, _ in batch]
+        pixels = [p for _, p in inputs]
+        outputs = net([image.to(device) for image, _ in inputs])
         for (path, name), image_pixels, output in zip(batch, pixels, outputs):
             output = {k: v.cpu() for k, v in output.items()}
             dets = detections_to_list(output, categories, args.score_thresh)
@@ -117,7 +158,7 @@ def main(args) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError, CheckpointError, ValueError) as e:
+    except (DataError, FileNotFoundError, CheckpointError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

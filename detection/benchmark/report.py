@@ -104,4 +104,14 @@ def tools_tables(results: dict) -> List[str]:
                 ""]
         rows = [[k, f"{v['s_per_iter']:.3f}", f"{v['wall_s']:.1f}"] for k, v in r["runs"].items()]
         out += _table(["solver.amp", "s/iter", "run wall s"], rows) + [""]
+    if "deploy" in results:
+        r = results["deploy"]
+        out += [f"**(12) Exported detector vs resdet's paths**: {r['source']}, {r['images']} image(s) "
+                f"{r['image_sizes']}, test size {r['min_size_test']}/{r['max_size_test']}, {r['threads']} thread(s), "
+                f"interleaved rounds", ""]
+        rows = [[k, f"{v['images_per_s']:.2f}", f"{v['speedup_vs_plain']:.2f}x",
+                 f"{100 * v['parity_matched_fraction']:.1f}% of {v['parity_detections']}"
+                 if "parity_matched_fraction" in v else "(reference)" if k.startswith("plain") else "-"]
+                for k, v in r["variants"].items()]
+        out += _table(["path", "images/s (median)", "vs plain", "detections matched"], rows) + [""]
     return out

@@ -101,3 +101,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         scaled = (arr / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
         return Image.fromarray(scaled, "L").convert("RGB")
     return img.convert("RGB")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_paths(items, suffixes=IMAGE_SUFFIXES) -> List[Path]:
+    """Files in ``items``; folders are searched (not recursively) for files with one of ``suffixes``."""
+    paths = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
+        else:
+            paths.append(p)
+    if not paths:
+        raise FileNotFoundError(f"no images found in {list(items)}")
+    return paths

@@ -22,12 +22,17 @@ factors), the schedule (``build_lr_scheduler``: steps past ``MAX_ITER`` dropped,
 training resize (``ResizeShortestEdge`` + ``ResizeTransform``, in ``detection/data/transforms.py``). The optimised
 inference path keeps these semantics: ``optimize.reduce_proposal_syncs`` installs a one-level twin of
 ``Detectron2RPN.filter_proposals`` (on logits) for detectron2-convention models.
+
+Under tracing (ONNX / TorchScript export, detection/deploy/) sizes stay tensors and the "drop non-finite rows" masks
+are always applied, so the traced graph works for any image size (same results: the masks keep every finite row).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
@@ -37,7 +42,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..data.transforms import detectron2_resized_shape
 from .roi_heads import C4RoIHeads
 from .rpn import BoundaryAwareRPN
-from .transform import PixelConventionTransform
+from .transform import PixelConventionTransform, interpolate_to, traced_div, traced_hw, traced_max, traced_min
 
 CONVENTIONS = ("torchvision", "detectron2")
 
@@ -52,6 +57,22 @@ def detectron2_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[floa
             h = aspect_ratio * w
             anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
     return torch.tensor(anchors)
+
+
+def _traced_resized_shape(image: torch.Tensor, short_edge: int, max_size: int):
+    """``detectron2_resized_shape`` as graph ops (float64, as Python's floats), for a traced dynamic image size."""
+    h, w = traced_hw(image)
+    scale = traced_div(short_edge, traced_min(h, w))
+    size = torch.full_like(h, float(short_edge))
+    newh, neww = torch.where(h < w, size, scale * h), torch.where(h < w, scale * w, size)
+    longer = traced_max(newh, neww)
+    shrink = torch.where(longer > max_size, traced_div(max_size, longer), torch.ones_like(longer))
+    return torch.floor(newh * shrink + 0.5), torch.floor(neww * shrink + 0.5)
+
+
+def _finite_rows(valid: torch.Tensor) -> bool:
+    """Whether to index by ``valid``: only when some row is not finite, and always in a traced graph."""
+    return torchvision._is_tracing() or not bool(valid.all())
 
 
 class Detectron2FrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -107,19 +128,19 @@ class Detectron2RPN(BoundaryAwareRPN):
         top_scores, top_boxes, levels, start = [], [], [], 0
         for level, n in enumerate(num_anchors_per_level):
             logits_i = logits[:, start:start + n]
-            k = min(n, self.pre_nms_top_n())
+            k = det_utils._topk_min(logits_i, self.pre_nms_top_n(), 1)  # a graph op when traced
             scores_i, idx = logits_i.topk(k, dim=1)
             top_scores.append(scores_i)
             top_boxes.append(proposals[:, start:start + n][batch_idx, idx])
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=proposals.device))
+            levels.append(torch.full_like(idx[0], level))
             start += n
         top_scores, top_boxes, levels = torch.cat(top_scores, 1), torch.cat(top_boxes, 1), torch.cat(levels)
         final_boxes, final_scores = [], []
         for boxes, scores, image_shape in zip(top_boxes, top_scores, image_shapes):
             lvl = levels
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-            if not bool(valid.all()):
-                if self.training:
+            if _finite_rows(valid):
+                if self.training and not bool(valid.all()):
                     raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
                 boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
             boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
@@ -152,7 +173,7 @@ class Detectron2RoIHeads(C4RoIHeads):
     """``C4RoIHeads`` whose test-time output is ``fast_rcnn_inference_single_image`` (background is label 0 here)."""
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        per_image = [len(p) for p in proposals]
+        per_image = [p.shape[0] for p in proposals]
         # decoded and scored in detectron2's layout (foreground classes only, background last)
         pred_boxes = self.box_coder.decode(box_regression[:, 4:].contiguous(), proposals).split(per_image, 0)
         logits = torch.cat([class_logits[:, 1:], class_logits[:, :1]], dim=1)
@@ -161,7 +182,7 @@ class Detectron2RoIHeads(C4RoIHeads):
         for boxes, scores, image_shape in zip(pred_boxes, pred_scores, image_shapes):
             boxes = boxes.reshape(boxes.shape[0], -1)
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-            if not bool(valid.all()):
+            if _finite_rows(valid):
                 boxes, scores = boxes[valid], scores[valid]
             scores = scores[:, :-1]
             boxes = box_ops.clip_boxes_to_image(boxes.reshape(-1, 4), image_shape).view(-1, scores.shape[1], 4)
@@ -181,6 +202,8 @@ class Detectron2Transform(PixelConventionTransform):
     def resize(self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None):
         if self.training:
             return super().resize(image, target)
+        if torchvision._is_tracing():
+            return interpolate_to(image, *_traced_resized_shape(image, self.min_size[-1], self.max_size)), target
         h, w = image.shape[-2:]
         size = detectron2_resized_shape(h, w, self.min_size[-1], self.max_size)
         if size != (h, w):

@@ -2,9 +2,41 @@
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
+import torchvision
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from backbones.weights.meta import WeightsMeta
+
+
+def traced_hw(image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(height, width) of a [C, H, W] image as float64 graph values, for traced exports (float64: Python's floats).
+
+    One-element vectors, not 0-d tensors: the ONNX exporter types 0-d results as float32 scalars.
+    """
+    hw = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+    return hw[0:1], hw[1:2]
+
+
+def traced_min(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.min(a, b)`` that stays float64 in ONNX (the exporter casts ``Min``/``Max`` inputs to float32)."""
+    return torch.where(a < b, a, b)
+
+
+def traced_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(a < b, b, a)
+
+
+def traced_div(numerator: float, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` as one division (the exporter turns ``float / tensor`` into a reciprocal and a
+    product, which rounds differently from Python and can move a resized side by a pixel)."""
+    return torch.tensor([float(numerator)], dtype=denominator.dtype) / denominator
+
+
+def interpolate_to(image: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of a [C, H, W] image to a traced size (rounded down already)."""
+    size = (height.long().reshape(()), width.long().reshape(()))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 class PixelConventionTransform(GeneralizedRCNNTransform):
@@ -47,6 +79,13 @@ class PixelConventionTransform(GeneralizedRCNNTransform):
                target: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:
         if self.training and not self.resize_in_training:
             return image, target
+        if torchvision._is_tracing() and not self.training:
+            # torchvision's traced resize computes the size in float32 and can land 1 px off the eager one
+            # (161 * (128 / 161) -> 128, eagerly 127); this is the eager rule in float64.
+            h, w = traced_hw(image)
+            scale = traced_min(traced_div(self.min_size[-1], traced_min(h, w)),
+                               traced_div(self.max_size, traced_max(h, w)))
+            return interpolate_to(image, torch.floor(h * scale), torch.floor(w * scale)), target
         return super().resize(image, target)
 
     def __repr__(self) -> str:
