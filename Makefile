@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast test-slow demo table7 degradation rehearsal gpu-check plan-run clean
+.PHONY: install test test-fast test-slow demo table7 table9 degradation rehearsal gpu-check plan-run clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ demo: $(STAMP)
 # VGG-16 on the same checkpoints (about 45-50 minutes on 2 cores).
 table7: $(STAMP)
 	$(PY) tools/study.py --config configs/study/digits_table7.yaml
+
+# The paper's Table 9 (box refinement, global context, multi-scale testing, cumulative) in miniature on digits with
+# the Table 7 ResNet-101 recipe, two seeds (about 50 minutes on 2 cores; docs/DETECTION.md).
+table9: $(STAMP)
+	$(PY) tools/study.py --config configs/study/digits_table9.yaml
 
 # The paper's degradation experiment at CPU scale (docs/PRETRAINING.md): plain20/56 vs resnet20/56 on digits.
 degradation: $(STAMP)

@@ -170,3 +170,24 @@ def test_context_detector_is_not_exported_to_detectron2(tmp_path):
     path = save_detector(tmp_path / "ctx.pth", build_detector(cfg, 2, weights=None), cfg, CATEGORIES)
     with pytest.raises(DetectorFormatError, match="global context"):
         export_detectron2_detector(path, tmp_path / "ctx.pkl", "resnet50")
+
+
+@pytest.mark.parametrize("train, test", [(["model.roi_heads.global_context=true"], ["test.box_refinement=true"]),
+                                         ([], ["test.flip=true"])], ids=["context+refinement", "flip"])
+def test_appendix_b_detectors_export_with_parity(tmp_path, train, test):
+    from detection.deploy.export import export_detector
+
+    model, cfg = _detector(*train)
+    path = save_detector(tmp_path / "det.pth", model, cfg, CATEGORIES)
+    result = export_detector(path, "torchscript", tmp_path / "det.pt", overrides=test, log=lambda *_: None)
+    assert result["parity"]["matched_fraction"] == 1.0 and result["parity"]["reference_detections"] > 0, result["parity"]
+
+
+def test_multiscale_export_is_refused(tmp_path):
+    from detection.deploy.graph import ExportError
+    from detection.deploy.export import export_detector
+
+    model, cfg = _detector()
+    path = save_detector(tmp_path / "det.pth", model, cfg, CATEGORIES)
+    with pytest.raises(ExportError, match="test.multiscale=maxout is not exportable"):
+        export_detector(path, "onnx", tmp_path / "det.onnx", overrides=["test.multiscale=maxout"], log=lambda *_: None)

@@ -45,6 +45,10 @@ def check_exportable(model: nn.Module, cfg, fmt: str, opset: int = DEFAULT_OPSET
     if cfg.test.precision != "fp32":
         raise ExportError(f"test.precision={cfg.test.precision} is not exportable: exports are float32 "
                           f"(bf16 autocast is a run-time option of resdet's own path)")
+    if cfg.test.multiscale != "none":
+        raise ExportError(f"test.multiscale={cfg.test.multiscale} is not exportable (the pyramid's per-scale image "
+                          f"sizes are Python numbers in the trace); export without it (box refinement, global "
+                          f"context and test.flip export)")
     if not isinstance(model.roi_heads.box_roi_pool, SingleLevelRoIPooler):
         raise ExportError(f"the RoI pooler {type(model.roi_heads.box_roi_pool).__name__} is not exportable: export "
                           f"the plain model (test.optimize's CPU kernels are resdet run-time options)")
