@@ -90,13 +90,8 @@ def score_voc_folder(results_dir: Path, voc_root: Path, split: str, class_names)
 
 
 def run_model_mode(args) -> None:
-    try:
-        from detection.engine.evaluate import evaluate_checkpoint
-    except ModuleNotFoundError as e:
-        if e.name not in ("detection.engine", "detection.engine.evaluate"):
-            raise
-        raise SystemExit("error: --weights mode needs detection.engine.evaluate.evaluate_checkpoint, which is not "
-                         "available yet; score saved detections with --results instead") from None
+    from detection.engine.evaluate import evaluate_checkpoint
+
     # data.* config keys of the stored config that this evaluation changes
     given = {"dataset": args.dataset, "root": args.data_root, "test": args.split, "test_ann_file": args.ann,
              "test_image_dir": args.images}
