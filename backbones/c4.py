@@ -1,6 +1,6 @@
 """C4 split for Faster R-CNN: a stride-16 trunk (conv1..res4) and a per-RoI head (res5 + pool, or VGG fc6/fc7)."""
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -39,10 +39,6 @@ class C4Backbone(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self._stages)
-
-    def stage_modules(self, index: int) -> List[nn.Module]:
-        """Modules of stage ``index`` (0 = stem)."""
-        return [self.get_submodule(path) for path in self._stages[index]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)

@@ -13,6 +13,7 @@ import yaml
 from backbones.registry import get_spec
 from backbones.utils.config import Config, ConfigError, load_config
 
+from .data.catalog import coco_year, standard_splits
 from .model.losses import BOX_LOSS_TYPES, DETECTRON2_ONLY_BOX_LOSSES, RPN_NORMALIZERS
 
 # Freezable stages of the C4 split per backbone family (stem, res2..res5; VGG conv1_x..conv5_x; CIFAR stem + 3).
@@ -94,6 +95,8 @@ DEFAULTS = {
         "root": None,  # default: $RESDET_DATASETS or ./datasets
         "train": [],  # split names; empty = the dataset's standard training splits
         "test": "",  # split name; empty = the dataset's standard test split, "none" = no evaluation
+        # --dataset coco with empty train/test: 2014 (train2014 / val2014) or 2017 splits; 0 = what is on disk
+        "coco_year": 0,
         "ann_file": "",  # coco_json: training annotations and image folder
         "image_dir": "",
         "test_ann_file": "",
@@ -158,6 +161,7 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     """Reject impossible values before any work starts; one error naming the key and what was expected."""
     m, r, h, i, d, s, t = (cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.data, cfg.solver, cfg.test)
     _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}")
+    _check(d.coco_year in (0, 2014, 2017), "data.coco_year", d.coco_year, "2014, 2017 or 0 (found on disk)")
     _check(d.on_error in ("skip", "raise"), "data.on_error", d.on_error, "'skip' or 'raise'")
     _check(h.pooler in ("align", "pool"), "model.roi_heads.pooler", h.pooler, "'align' or 'pool'")
     _check(s.nan_policy in ("stop", "skip"), "solver.nan_policy", s.nan_policy, "'stop' or 'skip'")
@@ -266,9 +270,21 @@ def drop_steps_beyond_max_iter(cfg: Config) -> Config:
     return cfg
 
 
+def resolve_coco_year(cfg: Config) -> Config:
+    """``--dataset coco``: fix ``data.coco_year`` and the empty ``data.train`` / ``data.test`` to that year's splits, so
+    ``--print-config`` and the run folder's config.yaml say which COCO is read."""
+    d = cfg.data
+    if d.dataset == "coco":
+        train, test = standard_splits(cfg)
+        d.coco_year = coco_year(cfg)
+        d.train, d.test = list(d.train) or train, d.test or test
+    return cfg
+
+
 def load_det_config(path: Optional[str] = None, overrides: Iterable[str] = (), world_size: int = 1) -> Config:
     """Defaults ← YAML (``_base_`` chains) ← ``key=value`` overrides, then ``validate``."""
-    return validate(drop_steps_beyond_max_iter(load_config(DEFAULTS, path, overrides)), world_size)
+    cfg = validate(drop_steps_beyond_max_iter(load_config(DEFAULTS, path, overrides)), world_size)
+    return resolve_coco_year(cfg)
 
 
 def as_override(key: str, value: Any) -> str:

@@ -168,3 +168,34 @@ def test_card_commands_without_data_stop_with_the_expected_layout(tool, argv, la
         code = module.main(module.get_args_parser().parse_args([*argv, "train.device=cpu" if tool == "pretrain.py"
                                                                  else "device=cpu"]))
     assert code == 1 and layout in err.getvalue(), err.getvalue()
+
+
+def _coco_annotations(root, *years):
+    for year in years:
+        ann = root / "coco" / "annotations" / f"instances_train{year}.json"
+        ann.parent.mkdir(parents=True, exist_ok=True)
+        ann.write_text("{}")
+
+
+@pytest.mark.parametrize("on_disk,asked,year", [((), 0, 2014), ((2017,), 0, 2017), ((2014, 2017), 0, 2014),
+                                                ((2014,), 2017, 2017), ((2017,), 2014, 2014)])
+def test_coco_year_found_on_disk_or_asked_and_said_in_print_config(tmp_path, on_disk, asked, year):
+    root = tmp_path / "data"
+    _coco_annotations(root, *on_disk)
+    code, cfg, _, err = print_config("train_det.py", "--dataset", "coco", "--data-root", str(root),
+                                     f"data.coco_year={asked}")
+    assert code == 0, err
+    d = cfg["data"]
+    assert (d["coco_year"], d["train"], d["test"]) == (year, [f"coco_{year}_train"], f"coco_{year}_val")
+
+
+def test_explicit_coco_splits_win_over_the_year(tmp_path):
+    from detection.config import load_det_config
+
+    cfg = load_det_config(overrides=["data.dataset=coco", f"data.root={tmp_path}", "data.coco_year=2017",
+                                     "data.train=[coco_2014_train,coco_2014_valminusminival]",
+                                     "data.test=coco_2014_minival"])
+    assert list(cfg.data.train) == ["coco_2014_train", "coco_2014_valminusminival"]
+    assert cfg.data.test == "coco_2014_minival"
+    with pytest.raises(Exception, match="data.coco_year"):
+        load_det_config(overrides=["data.dataset=coco", "data.coco_year=2015"])

@@ -96,6 +96,50 @@ def test_resume_is_bit_exact_even_behind_a_corrupt_checkpoint(tmp_path, capfd):
     assert logged(tmp_path / "straight") == logged(interrupted)
 
 
+class _StepClock:
+    """trainer.time with a controlled perf_counter/time: step ``n`` (1-based) takes n seconds, each evaluation
+    100 s and each checkpoint 1000 s, so time_per_iter is known exactly."""
+
+    def __init__(self, monkeypatch):
+        import types
+        from backbones.pretrain.schedule import LRSchedule
+        from detection.engine import trainer
+        self.now = 0.0
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=self.clock, perf_counter=self.clock))
+        lr, evaluate, save = LRSchedule.lr, DetectionTrainer._evaluate, DetectionTrainer._save
+        monkeypatch.setattr(LRSchedule, "lr", lambda sched, it: self.advance(it + 1) or lr(sched, it))
+        monkeypatch.setattr(DetectionTrainer, "_evaluate", lambda *a, **k: self.advance(100) or evaluate(*a, **k))
+        monkeypatch.setattr(DetectionTrainer, "_save", lambda *a, **k: self.advance(1000) or save(*a, **k))
+
+    def clock(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def _times(folder):
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {line["iter"]: line["time_per_iter"] for line in lines if "time_per_iter" in line}
+
+
+def test_time_per_iter_is_the_mean_step_time_for_a_partial_last_window(tmp_path, monkeypatch):
+    _StepClock(monkeypatch)
+    out = tmp_path / "run"
+    DetectionTrainer(tiny(tmp_path, "solver.max_iter=5", "test.eval_period=2", "test.max_images=2"), out).run()
+    # windows {1,2}, {3,4} (after an evaluation and a checkpoint at 2), then {5} alone
+    assert _times(out) == {2: 1.5, 4: 3.5, 5: 5.0}
+
+
+def test_time_per_iter_after_a_resume_at_an_odd_iteration(tmp_path, monkeypatch):
+    _StepClock(monkeypatch)
+    out = tmp_path / "run"
+    cfg = tiny(tmp_path, "solver.max_iter=5", "test.eval_period=2", "test.max_images=2")
+    assert DetectionTrainer(cfg, out, stop_after=3).run()["stopped_at"] == 3
+    DetectionTrainer(cfg, out, resume=True).run()
+    assert _times(out) == {2: 1.5, 4: 4.0, 5: 5.0}  # the resumed run's first window holds step 4 only
+
+
 def test_non_finite_loss_stops_with_iteration_and_last_checkpoint(tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteError) as err:

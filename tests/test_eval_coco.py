@@ -265,3 +265,30 @@ def test_eval_det_cli_scores_coco_results_file(coco_files, tmp_path, capsys):
     argv = ["--results", str(bad), "--gt", str(gt_file), "--output-dir", str(out)]
     with pytest.raises(ValueError, match=r"bad.json\[0\]: missing key\(s\) \['category_id'\]"):
         run_eval_det(argv)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("score", float("nan"), r"dets.json\[3\]: score is nan, not a finite number"),
+    ("score", "high", r"dets.json\[3\]: score is 'high'"),
+    ("bbox", [10.0, 10.0, -5.0, 20.0], r"dets.json\[3\]: bbox .* has a negative width or height"),
+    ("bbox", [10.0, 10.0, 5.0, -0.5], r"dets.json\[3\]: bbox .* has a negative width or height"),
+    ("bbox", [10.0, float("nan"), 5.0, 5.0], r"dets.json\[3\]: bbox must be .* finite numbers"),
+])
+def test_eval_det_refuses_non_finite_scores_and_negative_boxes(coco_files, tmp_path, field, value, message):
+    gt_file, dets_file, dets = coco_files
+    dets[3][field] = value
+    dets_file.write_text(json.dumps(dets))  # NaN is written as the bare token NaN, which json.loads accepts
+    argv = ["--results", str(dets_file), "--gt", str(gt_file), "--output-dir", str(tmp_path / "out"), "--no-report"]
+    with pytest.raises(ValueError, match=message):
+        run_eval_det(argv)
+    assert not (tmp_path / "out" / "eval" / "metrics.json").exists()
+
+
+def test_eval_det_refuses_ground_truth_with_a_repeated_image_id(coco_files, tmp_path):
+    gt_file, dets_file, _ = coco_files
+    gt = json.loads(gt_file.read_text())
+    gt["images"][5]["id"] = gt["images"][2]["id"]
+    gt_file.write_text(json.dumps(gt))
+    argv = ["--results", str(dets_file), "--gt", str(gt_file), "--output-dir", str(tmp_path / "out"), "--no-report"]
+    with pytest.raises(ValueError, match=r"instances.json: images\[5\] has id 103, already the id of images\[2\]"):
+        run_eval_det(argv)

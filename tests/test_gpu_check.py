@@ -9,7 +9,7 @@ from detection.rehearsal.gpu_check import TINY, cpu_accelerator, matched_fractio
 
 @pytest.mark.slow  # ~15 s of CPU: two detectors built, trained, run in fp32 and bf16
 def test_whole_check_runs_on_the_cpu_accelerator():
-    result = run_gpu_check(cpu_accelerator(), TINY, log=lambda *_: None)
+    result = run_gpu_check(cpu_accelerator(bf16=True), TINY, log=lambda *_: None)  # bf16 logic, emulated if need be
     json.dumps(result)  # the JSON the tool writes
     train = result["training"]["resnet18"]
     assert set(train) == {"bf16", "fp32"} and all(v["loss_finite"] for v in train.values())
@@ -19,6 +19,15 @@ def test_whole_check_runs_on_the_cpu_accelerator():
     assert result["precision"]["proposals"]["count"] > 0 and result["precision"]["boxes"]["count"] > 0
     assert result["precision"]["passed"], result["precision"]  # guards on: bf16 boxes stay on fp32's
     assert "train resnet18-C4" in table(result)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_accelerator_reports_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    from detection.rehearsal import gpu_check
+
+    monkeypatch.setattr(gpu_check, "bf16_supported", lambda device: native)
+    assert cpu_accelerator().bf16 is native
+    assert cpu_accelerator(bf16=True).bf16 is True  # asked for explicitly (the test above)
 
 
 def test_matched_fraction_catches_moved_boxes():

@@ -13,8 +13,6 @@ Writes OUT/eval/metrics.json and OUT/eval/pr_curves.json, prints the summary, an
 --no-report). See docs/EVALUATION.md.
 """
 import argparse
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -23,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools._threads import add_threads_argument, set_threads  # noqa: E402  (first: OpenMP settings before torch)
 from backbones.utils.checkpoint import CheckpointError  # noqa: E402
-from detection.evaluation.coco import check_results, score_coco_results  # noqa: E402
+from detection.evaluation.coco import check_results, load_coco_ground_truth, score_coco_results  # noqa: E402
 from detection.evaluation.outputs import format_metrics, write_metrics_sections  # noqa: E402
 from detection.evaluation.voc import score_voc  # noqa: E402
 from detection.evaluation.voc_files import comp4_path, load_voc_ground_truth, read_comp4  # noqa: E402
@@ -62,8 +60,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def score_coco_file(results_file: Path, gt_file: Path, use_fast: bool):
-    from pycocotools.coco import COCO
-
     if not gt_file.is_file():
         raise FileNotFoundError(f"--gt {gt_file}: file not found")
     try:
@@ -73,8 +69,7 @@ def score_coco_file(results_file: Path, gt_file: Path, use_fast: bool):
     if not isinstance(results, list):
         raise ValueError(f"{results_file}: expected a JSON list of {{image_id, category_id, bbox, score}}, "
                          f"got {type(results).__name__}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(gt_file))
+    coco_gt = load_coco_ground_truth(gt_file)
     check_results(coco_gt, results, source=str(results_file))
     section, curves = score_coco_results(coco_gt, results, use_fast=use_fast)
     return {"bbox": section}, {"bbox": curves}
@@ -95,13 +90,8 @@ def score_voc_folder(results_dir: Path, voc_root: Path, split: str, class_names)
 
 
 def run_model_mode(args) -> None:
-    try:
-        from detection.engine.evaluate import evaluate_checkpoint
-    except ModuleNotFoundError as e:
-        if e.name not in ("detection.engine", "detection.engine.evaluate"):
-            raise
-        raise SystemExit("error: --weights mode needs detection.engine.evaluate.evaluate_checkpoint, which is not "
-                         "available yet; score saved detections with --results instead") from None
+    from detection.engine.evaluate import evaluate_checkpoint
+
     # data.* config keys of the stored config that this evaluation changes
     given = {"dataset": args.dataset, "root": args.data_root, "test": args.split, "test_ann_file": args.ann,
              "test_image_dir": args.images}

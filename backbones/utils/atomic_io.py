@@ -4,7 +4,7 @@ import os
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, IO, Iterator, Union
+from typing import Any, IO, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,12 +71,6 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n")
-
-
-def atomic_write_with(path: PathLike, writer: Callable[[IO], None], binary: bool = True) -> None:
-    """Atomically write ``path`` with a callback that writes into the open file (e.g. ``torch.save``)."""
-    with atomic_open(path, "wb" if binary else "w") as f:
-        writer(f)
 
 
 def check_writable(folder: PathLike, min_free_bytes: int = 0) -> None:

@@ -32,7 +32,7 @@ DATASETS = {
     "voc07": (["voc_2007_trainval"], "voc_2007_test"),
     "voc0712": (["voc_2007_trainval", "voc_2012_trainval"], "voc_2007_test"),
     "voc07++12": (["voc_2007_trainval", "voc_2007_test", "voc_2012_trainval"], ""),
-    "coco": (["coco_2017_train"], "coco_2017_val"),
+    "coco": (["coco_2014_train"], "coco_2014_val"),  # or 2017: data.coco_year (standard_splits)
     "digits": (["digits_train"], "digits_val"),
     "coco_json": ([], ""),
 }
@@ -40,6 +40,24 @@ DATASETS = {
 
 def data_root(configured: Optional[str] = None) -> Path:
     return Path(configured or os.environ.get("RESDET_DATASETS") or "datasets")
+
+
+def coco_year(cfg) -> int:
+    """``data.coco_year``, or for 0 the year found under the data root: 2017 when only its training annotations are
+    there, else 2014 (the paper's Table 8 protocol; also when neither is, so the error names the 2014 files)."""
+    if cfg.data.coco_year:
+        return cfg.data.coco_year
+    root = data_root(cfg.data.root)
+    only_2017 = (root / SPLITS["coco_2017_train"][1]).is_file() and not (root / SPLITS["coco_2014_train"][1]).is_file()
+    return 2017 if only_2017 else 2014
+
+
+def standard_splits(cfg) -> Tuple[List[str], str]:
+    """The (training splits, test split) a ``--dataset`` uses when ``data.train`` / ``data.test`` are empty."""
+    if cfg.data.dataset == "coco":
+        year = coco_year(cfg)
+        return [f"coco_{year}_train"], f"coco_{year}_val"
+    return DATASETS[cfg.data.dataset]
 
 
 def _split_kind(name: str) -> Tuple:
@@ -82,7 +100,7 @@ def train_source(cfg, issues: DataIssues) -> DetectionSource:
         if not d.ann_file:
             raise ValueError("coco_json training needs --ann FILE --images DIR (data.ann_file, data.image_dir)")
         return load_coco_json(Path(d.ann_file), Path(d.image_dir), issues)
-    return load_splits(cfg, list(d.train) or DATASETS[d.dataset][0], issues)
+    return load_splits(cfg, list(d.train) or standard_splits(cfg)[0], issues)
 
 
 def test_split_names(cfg) -> List[str]:
@@ -91,7 +109,8 @@ def test_split_names(cfg) -> List[str]:
         return []
     if d.test:
         return [d.test]
-    return [DATASETS[d.dataset][1]] if DATASETS[d.dataset][1] else []
+    test = standard_splits(cfg)[1]
+    return [test] if test else []
 
 
 def test_source(cfg, issues: DataIssues) -> Optional[DetectionSource]:

@@ -6,7 +6,6 @@ machines generate identical files. Train and val canvases draw from the pretrain
 (1437 / 360, ``backbones.pretrain.datasets.digits``), so a digits-pretrained backbone never saw a val digit. The folder holds PNG images and
 ``instances_{train,val}.json`` and is read through the same COCO-format loader as any ``--ann/--images`` dataset.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -122,8 +121,3 @@ def generate_digits(root, seed: int = 0, num_train: int = 1000, num_val: int = 2
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def read_params(folder: Path) -> dict:
-    with open(Path(folder) / "instances_train.json") as f:
-        return json.load(f)["info"]

@@ -283,13 +283,16 @@ class DetectionTrainer:
         autocast = (lambda: torch.autocast(device.type, dtype=self.amp_dtype)) if self.amp_dtype else nullcontext
         params = [p for p in self.model.parameters() if p.requires_grad]
         window = torch.zeros(len(LOSS_KEYS) + 2, dtype=torch.float64)  # loss terms, their sum, step count
-        window_start = time.time()
+        # Wall time of the steps in this logging window (any length after a resume or at the end), without the
+        # evaluations and checkpoints between them.
+        step_seconds, steps = 0.0, 0
         stop = s.max_iter if self.stop_after is None else min(s.max_iter, self.stop_after)
         self.net.train()
         batches = iter(self._loader(info))
         with TrainingProgress(s.max_iter, self.iteration, f"{self.model.backbone_name} on {self.train_src.name}",
                               enabled=info.is_main) as progress:
             while self.iteration < stop:
+                step_start = time.perf_counter()
                 images, targets = next(batches)
                 for t in targets:
                     for issue in t["issues"]:
@@ -319,17 +322,18 @@ class DetectionTrainer:
                     _log(f"iteration {self.iteration + 1}: non-finite loss/gradient, step skipped "
                          f"({self.guard.skipped_total} so far)", info)
                 self.iteration += 1
+                step_seconds, steps = step_seconds + time.perf_counter() - step_start, steps + 1
                 progress.update(1)
                 if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
                     totals = all_reduce_sum(window.to(device)).cpu()
                     count = max(float(totals[-1]), 1.0)
                     means = {k: float(v) / count for k, v in zip(LOSS_KEYS, totals[:len(LOSS_KEYS)])}
                     logger.log(self.iteration, lr=lr, loss=float(totals[-2]) / count, **means,
-                               time_per_iter=(time.time() - window_start) / s.log_period,
+                               time_per_iter=step_seconds / steps,
                                skipped_steps=self.guard.skipped_total)
                     progress.log(loss=float(totals[-2]) / count, lr=lr)
                     window.zero_()
-                    window_start = time.time()
+                    step_seconds, steps = 0.0, 0
                 if cfg.test.eval_period and self.iteration % cfg.test.eval_period == 0 and self.iteration < s.max_iter:
                     self._evaluate(info, logger)
                     self.net.train()

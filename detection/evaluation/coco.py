@@ -80,13 +80,46 @@ def check_results(coco_gt, results: List[dict], source: str = "results") -> None
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}; COCO results need image_id, category_id, bbox, score")
-        if not (isinstance(r["bbox"], (list, tuple)) and len(r["bbox"]) == 4):
-            raise ValueError(f"{where}: bbox must be [x, y, w, h], got {r['bbox']!r}")
+        if not (isinstance(r["bbox"], (list, tuple)) and len(r["bbox"]) == 4 and all(map(_finite, r["bbox"]))):
+            raise ValueError(f"{where}: bbox must be [x, y, w, h] of finite numbers, got {r['bbox']!r}")
+        if r["bbox"][2] < 0 or r["bbox"][3] < 0:
+            raise ValueError(f"{where}: bbox {r['bbox']!r} has a negative width or height")
+        if not _finite(r["score"]):
+            raise ValueError(f"{where}: score is {r['score']!r}, not a finite number")
         if r["image_id"] not in image_ids:
             raise ValueError(f"{where}: image_id {r['image_id']!r} is not an image of the ground truth")
         if r["category_id"] not in category_ids:
             raise ValueError(f"{where}: category_id {r['category_id']!r} is not a ground-truth category "
                              f"(known: {sorted(category_ids)})")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_coco_ground_truth(path):
+    """A COCO-format ground-truth file as a pycocotools COCO. Two images with one id are an error naming both
+    entries: pycocotools would keep the last one and score the other's annotations against it."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("images"), list)):
+        raise ValueError(f"{path}: expected a COCO object with 'images', 'annotations', 'categories'")
+    first = {}
+    for i, image in enumerate(data["images"]):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if image_id in first:
+            raise ValueError(f"{path}: images[{i}] has id {image_id!r}, already the id of images[{first[image_id]}]")
+        first[image_id] = i
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
 
 
 def score_coco_results(

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import box_iou
 
 from backbones import build_backbone
+from backbones.utils.precision import bf16_supported
 from detection.benchmark.detector_speed import build_benchmark_detector, random_boxes
 from detection.model.optimize import optimize_detector, prepare_for_training
 
@@ -48,12 +49,14 @@ def cuda_accelerator() -> Optional[Accelerator]:
     device = torch.device("cuda", torch.cuda.current_device())
     return Accelerator(torch.cuda.get_device_name(device), device, lambda: torch.cuda.synchronize(device),
                        lambda: torch.cuda.reset_peak_memory_stats(device),
-                       lambda: int(torch.cuda.max_memory_allocated(device)), torch.cuda.is_bf16_supported())
+                       lambda: int(torch.cuda.max_memory_allocated(device)), bf16_supported(device))
 
 
-def cpu_accelerator() -> Accelerator:
-    """The same logic on the CPU (tests): no peak-memory counter (reported as 0)."""
-    return Accelerator("cpu", torch.device("cpu"), lambda: None, lambda: None, lambda: 0, True)
+def cpu_accelerator(bf16: Optional[bool] = None) -> Accelerator:
+    """The same logic on the CPU (tests): no peak-memory counter (reported as 0). ``bf16`` defaults to whether this
+    CPU has native bf16 math; ``bf16=True`` runs the bf16 sections anyway (emulated, slow) to test their logic."""
+    bf16 = bf16_supported("cpu") if bf16 is None else bf16
+    return Accelerator("cpu", torch.device("cpu"), lambda: None, lambda: None, lambda: 0, bf16)
 
 
 FULL = {"backbones": ["resnet50", "resnet101"], "det_size": (600, 1000), "images_per_gpu": 2, "train_steps": 20,
